@@ -1,0 +1,48 @@
+"""Options of the native LLM engine (option.* keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import values
+from .engine_options import EngineOptions, OptionError, existing, option
+
+
+@dataclass
+class NativeOptions(EngineOptions):
+    dtype: str = existing("dtype")
+    max_rolling_batch_size: int = option(
+        "max_rolling_batch_size", "256", "Most sequences in one rolling batch step.",
+        values.integer(1, 8192))
+    max_rolling_batch_prefill_tokens: int = option(
+        "max_rolling_batch_prefill_tokens", "4096",
+        "Token budget of one step (prompt chunks plus one token per decoding sequence); "
+        "longer prompts are prefilled in chunks.", values.integer(16))
+    max_model_len: int | None = option(
+        "max_model_len", None, "Longest prompt + generation; unset: the model's "
+        "max_position_embeddings.", values.integer(16))
+    kv_block_size: int = option("kv_block_size", "16", "Tokens per KV-cache block.",
+                                values.choice("8", "16", "32", "64", "128"))
+    gpu_memory_utilization: float = option(
+        "gpu_memory_utilization", "0.9",
+        "GPU: fraction of the GPU's memory this engine may use (weights + activations + KV "
+        "cache); the KV cache gets what is left.", values.number(0, 1, exclusive_minimum=True))
+    cpu_kv_cache_gb: float = option(
+        "cpu_kv_cache_gb", "1", "CPU: gigabytes of memory for the KV cache.",
+        values.number(0, exclusive_minimum=True))
+    num_kv_blocks: int | None = option(
+        "num_kv_blocks", None, "Exact number of KV-cache blocks (overrides the two sizes above; "
+        "for tests and tuning).", values.integer(1))
+    enable_prefix_caching: bool = option(
+        "enable_prefix_caching", "true",
+        "Reuse KV blocks of identical prompt prefixes across requests.", values.boolean)
+    enforce_eager: bool = option(
+        "enforce_eager", "false", "GPU: run decode steps without CUDA graphs.", values.boolean)
+    quantize: str | None = existing("quantize")
+
+    def check(self) -> None:
+        if self.quantize:
+            raise OptionError(
+                "quantize", self.quantize,
+                "the native engine serves unquantized weights: remove option.quantize, or use "
+                "engine=MPI with option.rolling_batch=trtllm (awq, smoothquant, fp8)")

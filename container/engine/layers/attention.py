@@ -1,0 +1,74 @@
+"""Attention over the paged KV cache.
+
+Every step's tokens arrive flattened ([num_tokens, heads, head_dim]); sequence i owns query
+rows query_start[i]:query_start[i+1] and, after this step, seq_lens[i] tokens of KV spread over
+the blocks in block_tables[i]. New K/V are written to their slots first, then each query
+attends to every cached token at or before its own position.
+
+The backend here is plain PyTorch (gather the sequence's blocks, then SDPA): the reference,
+and the CPU path. GPU kernels live in ../kernels and plug in through the same interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor        # [T] int64: block * block_size + offset of each new token
+    query_start_loc: torch.Tensor     # [B+1] int32
+    seq_lens: torch.Tensor            # [B] int32: tokens in the cache after this step
+    block_tables: torch.Tensor        # [B, max_blocks] int32
+    max_query_len: int
+    max_seq_len: int
+    # host copies, for the per-sequence loop of the torch backend
+    query_start_host: list[int]
+    seq_lens_host: list[int]
+    num_decode: int = 0               # the first num_decode sequences have one query token
+
+
+def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """kv_cache: [2, num_blocks, block_size, kv_heads, head_dim]."""
+    heads, dim = kv_cache.shape[-2:]
+    kv_cache[0].view(-1, heads, dim).index_copy_(0, slot_mapping, k)
+    kv_cache[1].view(-1, heads, dim).index_copy_(0, slot_mapping, v)
+
+
+class TorchPagedAttention:
+    """Reference backend: correct for any mix of prefill chunks and decodes."""
+
+    name = "torch"
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        write_kv(kv_cache, k, v, meta.slot_mapping)
+        block_size = kv_cache.shape[2]
+        out = torch.empty_like(q)
+        starts = meta.query_start_host
+        for i, seq_len in enumerate(meta.seq_lens_host):
+            q_start, q_end = starts[i], starts[i + 1]
+            blocks = meta.block_tables[i, :(seq_len + block_size - 1) // block_size]
+            keys = kv_cache[0, blocks].flatten(0, 1)[:seq_len]      # [S, Hk, D]
+            values = kv_cache[1, blocks].flatten(0, 1)[:seq_len]
+            out[q_start:q_end] = self._attend(q[q_start:q_end], keys, values, seq_len)
+        return out
+
+    def _attend(self, q, keys, values, seq_len):
+        n = q.shape[0]
+        mask = None
+        if n > 1:
+            # query i sits at position seq_len - n + i and sees keys 0..that position
+            rows = torch.arange(seq_len - n, seq_len, device=q.device).unsqueeze(1)
+            mask = torch.arange(seq_len, device=q.device).unsqueeze(0) <= rows
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+            attn_mask=mask, scale=self.scale, enable_gqa=True)
+        return out.transpose(0, 1)

@@ -1,0 +1,121 @@
+"""The engine interface every LLM engine offers: add, abort, step -> outputs.
+
+step() is schedule, run, postprocess. Rank 0 owns the scheduler; with tensor parallelism the
+step's plan is broadcast before running so every rank computes its shard of the same batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..workers.protocol import SamplingParams
+from .model_runner import ModelRunner, StepPlan
+from .sampler import SamplingBatch, sample
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    seq: Sequence
+    new_token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    finished: bool = False
+
+
+class LLMEngine:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler, eos_token_ids: list[int],
+                 max_model_len: int, plan_channel=None):
+        self.runner = runner
+        self.scheduler = scheduler
+        self.eos_token_ids = set(eos_token_ids)
+        self.max_model_len = max_model_len
+        self.plan_channel = plan_channel
+        self.sequences: dict[str, Sequence] = {}
+
+    # requests ----------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
+                    owner: bytes = b"") -> Sequence:
+        seq = Sequence(request_id, list(prompt_token_ids), sampling, owner)
+        self.sequences[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> Sequence | None:
+        seq = self.scheduler.abort(request_id)
+        self.sequences.pop(request_id, None)
+        return seq
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # one step ----------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        decision = self.scheduler.schedule()
+        if not decision.scheduled:
+            return []
+        plan = StepPlan.build(decision.scheduled, self.runner.block_size)
+        if self.plan_channel is not None:
+            self.plan_channel.send(plan)
+        logits = self.runner.execute(plan)
+        sampling_rows = [s for s in decision.scheduled if s.samples]
+        for item in decision.scheduled:
+            self.scheduler.advance(item)
+        outputs: list[StepOutput] = []
+        if sampling_rows:
+            batch = SamplingBatch.build([self._sampling_row(s.seq) for s in sampling_rows],
+                                        logits.device)
+            tokens, logprobs = sample(logits, batch)
+            tokens = tokens.tolist()
+            logprobs = logprobs.tolist() if logprobs is not None else None
+            for i, item in enumerate(sampling_rows):
+                seq = item.seq
+                token = tokens[i]
+                seq.token_ids.append(token)
+                out = StepOutput(seq, [token], [logprobs[i]] if logprobs is not None else None)
+                reason = self._stop_reason(seq, token)
+                if reason:
+                    self.scheduler.finish(seq, reason)
+                    self.sequences.pop(seq.request_id, None)
+                    out.finished = True
+                outputs.append(out)
+        self.scheduler.remove_finished()
+        return outputs
+
+    def _sampling_row(self, seq: Sequence) -> dict:
+        p = seq.sampling
+        greedy = not p.do_sample or p.temperature == 0
+        return {
+            "temperature": 0.0 if greedy else float(p.temperature),
+            "top_k": int(p.top_k),
+            "top_p": float(p.top_p),
+            "repetition_penalty": float(p.repetition_penalty),
+            "seed": seq.seed,
+            "step": seq.num_output_tokens,
+            "tokens": seq.token_ids if p.repetition_penalty != 1.0 else [],
+            "logprobs": p.logprobs,
+        }
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.sampling
+        if not p.ignore_eos and token in self.eos_token_ids:
+            return "eos_token"
+        if token in p.stop_token_ids:
+            return "stop_sequence"
+        if seq.num_output_tokens >= p.max_new_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+
+@torch.inference_mode()
+def follow_steps(runner: ModelRunner, plan_channel) -> None:
+    """Ranks 1..N-1: run every plan rank 0 broadcasts, forever."""
+    while True:
+        plan = plan_channel.receive()
+        if plan is not None:
+            runner.execute(plan)

@@ -1,0 +1,108 @@
+"""What the native engine needs from a Hugging Face config.json, read without transformers.
+
+Reads both spellings of RoPE settings: `rope_theta` + `rope_scaling` (checkpoints on the Hub)
+and `rope_parameters` (what transformers 5 writes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import StartupError
+
+# architecture name -> family options of our Llama-family model code
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": {"qkv_bias": False},
+    "MistralForCausalLM": {"qkv_bias": False},
+    "Qwen2ForCausalLM": {"qkv_bias": True},
+}
+
+
+@dataclass
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    torch_dtype: str | None
+    sliding_window: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    hidden_act: str = "silu"
+    o_bias: bool = False
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> "ModelConfig":
+        path = Path(model_dir) / "config.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StartupError(f"{path} not found: option.model_id must point at a Hugging Face "
+                               "checkpoint directory (config.json, tokenizer, *.safetensors)")
+        except ValueError as exc:
+            raise StartupError(f"{path} is not valid JSON: {exc}")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        architectures = raw.get("architectures") or []
+        architecture = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
+        if architecture is None:
+            raise StartupError(
+                f"architecture {architectures or raw.get('model_type')} is not supported by the "
+                f"native engine; supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama 2/3/3.1, "
+                "Mistral, Qwen2). Other models: write a model.py handler or use engine=DeepSpeed")
+        hidden_act = raw.get("hidden_act", "silu")
+        if hidden_act != "silu":
+            raise StartupError(f"hidden_act={hidden_act!r} is not supported by the native engine "
+                               "(silu only)")
+        if raw.get("mlp_bias"):
+            raise StartupError("mlp_bias=true is not supported by the native engine")
+        heads = int(raw["num_attention_heads"])
+        hidden = int(raw["hidden_size"])
+        rope = dict(raw.get("rope_parameters") or {})
+        scaling = raw.get("rope_scaling") or None
+        rope_theta = float(raw.get("rope_theta", rope.get("rope_theta", 10000.0)))
+        if scaling is None and rope.get("rope_type", "default") != "default":
+            scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        if scaling is not None:
+            scaling = dict(scaling)
+            scaling.setdefault("rope_type", scaling.get("type", "default"))
+        eos = raw.get("eos_token_id")
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        sliding = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        return cls(
+            architecture=architecture,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_layers=int(raw["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=rope_theta,
+            rope_scaling=scaling if scaling and scaling["rope_type"] != "default" else None,
+            max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=bool(raw.get("attention_bias", False))
+            or SUPPORTED_ARCHITECTURES[architecture]["qkv_bias"],
+            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+            sliding_window=int(sliding) if sliding else None,
+            eos_token_ids=[int(e) for e in eos_ids],
+            bos_token_id=raw.get("bos_token_id"),
+            hidden_act=hidden_act,
+            o_bias=bool(raw.get("attention_bias", False)) and architecture != "Qwen2ForCausalLM",
+        )

@@ -1,0 +1,135 @@
+"""Next-token choice for every sequence that samples this step, with no host synchronisation.
+
+Order, as transformers applies it: repetition penalty, then (when sampling) temperature,
+top-k and top-p. Sampling is an exponential race (argmax of p / E with E ~ Exp(1)), which draws
+exactly from p. Its random numbers come from a counter-based hash of (seed, output position,
+token id) rather than a shared generator, so a seeded request gives the same text whatever
+else is in the batch, and after a preemption. Log-probabilities are those of the model's raw
+distribution (before penalty and temperature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class SamplingBatch:
+    temperature: torch.Tensor          # [B] float32, 0 = greedy
+    top_k: torch.Tensor                # [B] int64, 0 = off
+    top_p: torch.Tensor                # [B] float32, 1 = off
+    repetition_penalty: torch.Tensor   # [B] float32, 1 = off
+    seed: torch.Tensor                 # [B] int64
+    step: torch.Tensor                 # [B] int64: output tokens so far
+    penalty_tokens: torch.Tensor | None = None   # [B, L] int64, -1 padded
+    all_greedy: bool = True
+    any_top_k: bool = False
+    any_top_p: bool = False
+    want_logprobs: bool = False
+
+    @classmethod
+    def build(cls, rows: list[dict], device: torch.device) -> "SamplingBatch":
+        """rows: dicts with temperature, top_k, top_p, repetition_penalty, seed, step,
+        tokens (only read when a penalty applies), logprobs."""
+        def column(name, dtype):
+            return torch.tensor([r[name] for r in rows], dtype=dtype).to(device, non_blocking=True)
+
+        penalties = [r["repetition_penalty"] for r in rows]
+        penalty_tokens = None
+        if any(p != 1.0 for p in penalties):
+            width = max(len(r["tokens"]) for r in rows)
+            padded = [r["tokens"] + [-1] * (width - len(r["tokens"])) for r in rows]
+            penalty_tokens = torch.tensor(padded, dtype=torch.int64).to(device, non_blocking=True)
+        return cls(
+            temperature=column("temperature", torch.float32),
+            top_k=column("top_k", torch.int64),
+            top_p=column("top_p", torch.float32),
+            repetition_penalty=column("repetition_penalty", torch.float32),
+            seed=column("seed", torch.int64),
+            step=column("step", torch.int64),
+            penalty_tokens=penalty_tokens,
+            all_greedy=all(r["temperature"] == 0 for r in rows),
+            any_top_k=any(r["top_k"] > 0 and r["temperature"] > 0 for r in rows),
+            any_top_p=any(r["top_p"] < 1.0 and r["temperature"] > 0 for r in rows),
+            want_logprobs=any(r["logprobs"] for r in rows),
+        )
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (lowbias32) on int64 tensors holding values < 2**32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seed: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, vocab] float32 in (0, 1), a pure function of (seed, step, token id)."""
+    lo, hi = seed & _MASK32, (seed >> 32) & _MASK32
+    key = _hash32(_hash32(_hash32(lo) ^ hi) ^ (step & _MASK32))
+    ids = torch.arange(vocab, device=seed.device, dtype=torch.int64)
+    x = _hash32((key.unsqueeze(1) + ids * 0x9E3779B1) & _MASK32)
+    x = _hash32(x ^ key.unsqueeze(1))
+    return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.penalty_tokens is None:
+        return logits
+    rows, vocab = logits.shape
+    seen = torch.zeros(rows, vocab + 1, dtype=torch.bool, device=logits.device)
+    index = batch.penalty_tokens.masked_fill(batch.penalty_tokens < 0, vocab)
+    seen.scatter_(1, index, True)
+    seen = seen[:, :vocab]
+    penalty = batch.repetition_penalty.unsqueeze(1)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Set logits outside each row's top-k and nucleus (top-p) to -inf."""
+    if not (batch.any_top_k or batch.any_top_p):
+        return logits
+    vocab = logits.shape[1]
+    ordered, order = logits.sort(dim=1, descending=True)
+    rank = torch.arange(vocab, device=logits.device).unsqueeze(0)
+    remove = torch.zeros_like(ordered, dtype=torch.bool)
+    if batch.any_top_k:
+        k = batch.top_k.clamp(min=0)
+        k = torch.where(k == 0, torch.full_like(k, vocab), k).clamp(max=vocab)
+        kth = ordered.gather(1, (k - 1).unsqueeze(1))
+        remove |= ordered < kth                      # ties at the k-th value stay, as in HF
+    if batch.any_top_p:
+        masked = ordered.masked_fill(remove, float("-inf"))
+        probs = masked.softmax(dim=1)
+        before = probs.cumsum(dim=1) - probs         # mass of the tokens ranked above
+        nucleus_on = (batch.top_p < 1.0).unsqueeze(1)
+        remove |= nucleus_on & (before >= batch.top_p.unsqueeze(1)) & (rank > 0)
+    filtered = ordered.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, filtered)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [B, V] -> (token ids [B] int64, log-probabilities of those tokens [B] or None)."""
+    logits = logits.float()
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.want_logprobs else None
+    logits = apply_repetition_penalty(logits, batch)
+    greedy = logits.argmax(dim=-1)
+    if batch.all_greedy:
+        tokens = greedy
+    else:
+        temperature = batch.temperature.clamp(min=1e-5).unsqueeze(1)
+        scaled = filter_top_k_top_p(logits / temperature, batch)
+        probs = scaled.softmax(dim=-1)
+        noise = uniform_noise(batch.seed, batch.step, logits.shape[1])
+        drawn = (probs / -torch.log(noise)).argmax(dim=-1)
+        tokens = torch.where(batch.temperature > 0, drawn, greedy)
+    chosen = None
+    if raw_logprobs is not None:
+        chosen = raw_logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return tokens, chosen

@@ -1,0 +1,213 @@
+"""The native engine inside the worker group: build it, then serve the front end (rank 0) or
+follow rank 0's steps (other ranks)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..config.loader import ServingConfig
+from ..config.options_native import NativeOptions
+from ..errors import StartupError
+from ..storage.resolve import resolve_model_dir
+from ..workers import protocol
+from ..workers.dist_env import DistEnv
+from ..workers.ipc_server import IpcServer
+from .block_manager import BlockManager
+from .llm_engine import LLMEngine, StepOutput, follow_steps
+from .model_config import ModelConfig
+from .model_runner import ModelRunner, resolve_dtype
+from .parallel import TensorParallel
+from .plan_channel import HEARTBEAT_S, PlanChannel
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+
+def generation_eos_ids(model_dir: Path) -> list[int]:
+    """EOS ids of generation_config.json (Llama 3 lists several), which generate() stops on."""
+    path = model_dir / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except ValueError:
+        return []
+    return [eos] if isinstance(eos, int) else [int(e) for e in eos or []]
+
+
+def choose_device(dist: DistEnv) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def kv_block_count(options: NativeOptions, runner: ModelRunner, device: torch.device) -> int:
+    if options.num_kv_blocks:
+        return options.num_kv_blocks
+    per_block = runner.kv_bytes_per_block()
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        used = total - free
+        budget = total * options.gpu_memory_utilization - used - _activation_reserve(options, runner)
+        blocks = int(budget // per_block)
+    else:
+        blocks = int(options.cpu_kv_cache_gb * (1 << 30) // per_block)
+    if blocks < 1:
+        raise StartupError("no memory is left for the KV cache: raise "
+                           "option.gpu_memory_utilization (GPU) / option.cpu_kv_cache_gb (CPU) or "
+                           "use more tensor-parallel ranks")
+    return blocks
+
+
+def _activation_reserve(options: NativeOptions, runner: ModelRunner) -> int:
+    """Room for one step's activations and logits at the full token budget."""
+    config = runner.config
+    tokens = options.max_rolling_batch_prefill_tokens
+    element = torch.tensor([], dtype=runner.dtype).element_size()
+    per_token = (config.hidden_size * 6 + config.intermediate_size * 3) * element
+    logits = min(tokens, options.max_rolling_batch_size) * config.vocab_size * 4 * 3
+    return int(tokens * per_token * 2 + logits + (512 << 20))
+
+
+class NativeService:
+    def __init__(self, config: ServingConfig, dist: DistEnv):
+        self.config = config
+        self.dist = dist
+        self.options = NativeOptions.from_options(config.options)
+        self.model_dir = resolve_model_dir(config)
+        model_config = ModelConfig.from_dir(self.model_dir)
+        self.model_config = model_config
+        device = choose_device(dist)
+        tp = TensorParallel(dist.rank, dist.world_size)
+        self.plan_channel = None
+        if dist.world_size > 1:
+            from ..workers.group import init_process_group
+
+            init_process_group(dist)
+            self.plan_channel = PlanChannel()
+        max_len = self.options.max_model_len or model_config.max_position_embeddings
+        if model_config.sliding_window and model_config.sliding_window < max_len:
+            log.info("capping max_model_len at the sliding window (%d)", model_config.sliding_window)
+            max_len = model_config.sliding_window
+        dtype = resolve_dtype(self.options.dtype, model_config.torch_dtype, device)
+        started = time.monotonic()
+        try:
+            self.runner = ModelRunner(model_config, str(self.model_dir), max_len, dtype, device, tp,
+                                      int(self.options.kv_block_size))
+        except ValueError as exc:   # shapes that cannot be split or loaded
+            raise StartupError(str(exc)) from None
+        blocks = kv_block_count(self.options, self.runner, device)
+        if tp.enabled:
+            count = torch.tensor([blocks], dtype=torch.int64)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN,
+                                         group=self.plan_channel.group)
+            blocks = int(count[0])
+        self.runner.allocate_kv_cache(blocks)
+        block_size = self.runner.block_size
+        self.max_model_len = min(max_len, blocks * block_size)
+        log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
+                 "(%.2f GiB), max_model_len %d", time.monotonic() - started, device, dtype,
+                 tp.size, blocks, block_size,
+                 blocks * self.runner.kv_bytes_per_block() / (1 << 30), self.max_model_len)
+        self.block_manager = BlockManager(blocks, block_size, self.options.enable_prefix_caching)
+        scheduler = Scheduler(self.block_manager, self.options.max_rolling_batch_size,
+                              self.options.max_rolling_batch_prefill_tokens)
+        eos = sorted(set(model_config.eos_token_ids) | set(generation_eos_ids(self.model_dir)))
+        self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel)
+        self.eos_token_ids = eos
+
+    def model_info(self) -> dict:
+        return {
+            "kind": "llm",
+            "engine": "native",
+            "name": self.config.model_name,
+            "tokenizer_dir": str(self.model_dir),
+            "max_model_len": self.max_model_len,
+            "eos_token_ids": self.eos_token_ids,
+            "vocab_size": self.model_config.vocab_size,
+            "kv_blocks": self.block_manager.num_blocks,
+            "kv_block_size": self.block_manager.block_size,
+        }
+
+    # rank 0 ------------------------------------------------------------------------------------
+    def serve(self, ipc: IpcServer) -> None:
+        engine = self.engine
+        last_broadcast = time.monotonic()
+        while True:
+            idle = not engine.has_work()
+            self._take_messages(ipc, block=idle)
+            if engine.has_work():
+                outputs = engine.step()
+                last_broadcast = time.monotonic()
+                if outputs:
+                    self._send(ipc, outputs)
+            elif self.plan_channel is not None and time.monotonic() - last_broadcast > HEARTBEAT_S:
+                self.plan_channel.heartbeat()
+                last_broadcast = time.monotonic()
+
+    def _take_messages(self, ipc: IpcServer, block: bool) -> None:
+        try:
+            item = ipc.inbox.get(timeout=HEARTBEAT_S / 2) if block else ipc.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            identity, message = item
+            if isinstance(message, protocol.GenerateRequest):
+                self._add(ipc, identity, message)
+            elif isinstance(message, protocol.Abort):
+                if self.engine.abort_request(message.request_id) is not None:
+                    ipc.finish(1)
+            try:
+                item = ipc.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, ipc: IpcServer, identity: bytes, request: protocol.GenerateRequest) -> None:
+        problem = None
+        total = len(request.prompt_token_ids) + request.sampling.max_new_tokens
+        if not request.prompt_token_ids:
+            problem = "the prompt is empty"
+        elif total > self.max_model_len:
+            problem = (f"prompt ({len(request.prompt_token_ids)} tokens) + max_new_tokens "
+                       f"({request.sampling.max_new_tokens}) exceeds max_model_len "
+                       f"({self.max_model_len})")
+        elif max(request.prompt_token_ids) >= self.model_config.vocab_size or min(
+                request.prompt_token_ids) < 0:
+            problem = "the prompt holds token ids outside the vocabulary"
+        if problem:
+            delta = protocol.TokenDelta(request.request_id, [], None, "error", problem)
+            ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
+            return
+        self.engine.add_request(request.request_id, request.prompt_token_ids, request.sampling,
+                                identity)
+
+    def _send(self, ipc: IpcServer, outputs: list[StepOutput]) -> None:
+        by_owner: dict[bytes, list[protocol.TokenDelta]] = defaultdict(list)
+        finished: dict[bytes, int] = defaultdict(int)
+        for out in outputs:
+            seq = out.seq
+            by_owner[seq.owner].append(protocol.TokenDelta(
+                seq.request_id, out.new_token_ids, out.logprobs,
+                seq.finish_reason if out.finished else None, None,
+                seq.num_prompt_tokens, seq.num_cached_tokens))
+            if out.finished:
+                finished[seq.owner] += 1
+        for owner, deltas in by_owner.items():
+            ipc.send(owner, protocol.TokenBatch(deltas), finished=finished[owner])
+
+    # other ranks -------------------------------------------------------------------------------
+    def follow(self) -> None:
+        follow_steps(self.runner, self.plan_channel)
+
+
+def build_native_service(config: ServingConfig, dist: DistEnv) -> NativeService:
+    return NativeService(config, dist)

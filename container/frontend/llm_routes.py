@@ -1,0 +1,356 @@
+"""Text generation over HTTP: LMI's schema on /invocations, OpenAI's chat and completions.
+
+/invocations takes {"inputs", "parameters", "stream"} (LMI / TGI), or a body with "messages"
+(an OpenAI chat completion) or "prompt" (an OpenAI completion). Streaming LMI responses are
+JSON lines by default ({"token": {...}} per token; the last line adds generated_text and
+details), or server-sent events with option.output_formatter=sse. The OpenAI routes stream
+server-sent events ending in `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import lru_cache
+
+from flask import Response, request
+
+from ..errors import ServingError, bad_request
+from ..text.tokenizer import TextTokenizer
+from ..workers import protocol
+from .engine_client import EngineClient
+from .generation import Generation, Result, wait_all
+from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
+                      validate)
+
+OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+
+
+@lru_cache(maxsize=2)
+def _load_tokenizer(path: str) -> TextTokenizer:
+    return TextTokenizer(path)
+
+
+class LlmContext:
+    """What a route needs about the served LLM (from the worker's published model info)."""
+
+    def __init__(self, client: EngineClient, config):
+        client.ready_generation()                 # 503 while loading or restarting
+        info = client.model_info()
+        if info.get("kind") != "llm":
+            raise ServingError(404, "NotFound", "this route serves LLM engines; this model is a "
+                                                "custom handler: use /invocations")
+        self.client = client
+        self.config = config
+        self.info = info
+        self.tokenizer = _load_tokenizer(info["tokenizer_dir"])
+        self.max_model_len = int(info["max_model_len"])
+        self.model_name = config.model_name
+
+    def check_length(self, prompt_ids: list[int], max_new_tokens: int, field: str) -> None:
+        if not prompt_ids:
+            raise bad_request(f"{field}: the prompt is empty")
+        total = len(prompt_ids) + max_new_tokens
+        if total > self.max_model_len:
+            raise bad_request(
+                f"{field}: the prompt ({len(prompt_ids)} tokens) plus {max_new_tokens} new tokens "
+                f"is {total} tokens, over this model's limit max_model_len={self.max_model_len}; "
+                "shorten the prompt or ask for fewer tokens")
+
+    def generation(self, request_id: str, prompt_ids: list[int],
+                   sampling: protocol.SamplingParams, stops: list[str]) -> Generation:
+        return Generation(self.client, self.tokenizer, request_id, prompt_ids, sampling, stops)
+
+
+def _first_piece(generation: Generation):
+    """Start the request and wait for its first piece, so early errors keep their status."""
+    pieces = generation.pieces()
+    try:
+        first = next(pieces)
+    except StopIteration:
+        first = None
+    return pieces, first
+
+
+def _chain(first, pieces):
+    if first is not None:
+        yield first
+    yield from pieces
+
+
+def _streaming_response(body_iter, mimetype: str) -> Response:
+    response = Response(body_iter, mimetype=mimetype, direct_passthrough=True)
+    response.headers["X-Accel-Buffering"] = "no"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _usage_headers(response: Response, results: list[Result]) -> Response:
+    response.headers["X-Prompt-Tokens"] = str(sum(r.prompt_tokens for r in results))
+    response.headers["X-Generated-Tokens"] = str(sum(r.generated_tokens for r in results))
+    return response
+
+
+# LMI ---------------------------------------------------------------------------------------------
+def _lmi_sampling(p) -> protocol.SamplingParams:
+    return protocol.SamplingParams(
+        max_new_tokens=p.max_new_tokens, do_sample=p.do_sample and p.temperature > 0,
+        temperature=p.temperature, top_k=max(p.top_k, 0), top_p=p.top_p,
+        repetition_penalty=p.repetition_penalty, seed=p.seed, ignore_eos=p.ignore_eos,
+        logprobs=p.details)
+
+
+def _lmi_token(token, text: str) -> dict:
+    return {"id": token.id, "text": text, "log_prob": token.log_prob, "special": token.special}
+
+
+def _lmi_details(result: Result) -> dict:
+    return {
+        "finish_reason": result.finish_reason,
+        "generated_tokens": result.generated_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "inputs_tokens": result.prompt_tokens,
+        "cached_tokens": result.cached_tokens,
+        "tokens": [_lmi_token(t, t.text) for t in result.tokens],
+    }
+
+
+def _lmi_result(result: Result, prompt: str, params) -> dict:
+    text = prompt + result.text if params.return_full_text else result.text
+    out = {"generated_text": text}
+    if params.details:
+        out["details"] = _lmi_details(result)
+    return out
+
+
+def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
+    req = validate(LmiRequest, payload)
+    params = req.parameters
+    prompts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    if req.stream and len(prompts) > 1:
+        raise bad_request("inputs: stream=true takes one input, not a list")
+    sampling = _lmi_sampling(params)
+    generations = []
+    for index, prompt in enumerate(prompts):
+        ids = ctx.tokenizer.encode(prompt)
+        if params.truncate:
+            ids = ids[-params.truncate:]
+        field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
+        ctx.check_length(ids, params.max_new_tokens, field)
+        rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
+        generations.append(ctx.generation(rid, ids, sampling, params.stop_sequences))
+    if not req.stream:
+        results = wait_all(generations)
+        bodies = [_lmi_result(r, p, params) for r, p in zip(results, prompts)]
+        payload = bodies[0] if isinstance(req.inputs, str) else bodies
+        response = Response(json.dumps(payload, ensure_ascii=False), mimetype="application/json")
+        return _usage_headers(response, results)
+    formatter = ctx.config.option("output_formatter") or "jsonlines"
+    if formatter == "json":
+        formatter = "jsonlines"
+    generation = generations[0]
+    pieces, first = _first_piece(generation)
+    sse = formatter == "sse"
+
+    def lines():
+        for piece in _chain(first, pieces):
+            for i, token in enumerate(piece.tokens):
+                last_of_piece = i == len(piece.tokens) - 1
+                line = {"token": _lmi_token(token, piece.text if last_of_piece else "")}
+                if generation.done and last_of_piece:
+                    final = _lmi_result(generation.result, prompts[0], params)
+                    line["generated_text"] = final["generated_text"]
+                    line["details"] = final.get("details")
+                data = json.dumps(line, ensure_ascii=False)
+                yield (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+
+    return _streaming_response(lines(), "text/event-stream" if sse else "application/jsonlines")
+
+
+# OpenAI ------------------------------------------------------------------------------------------
+def _openai_sampling(req, max_tokens: int, logprobs: bool) -> protocol.SamplingParams:
+    return protocol.SamplingParams(
+        max_new_tokens=max_tokens, do_sample=req.temperature > 0, temperature=req.temperature,
+        top_k=max(req.top_k, 0), top_p=req.top_p, repetition_penalty=req.repetition_penalty,
+        seed=req.seed, ignore_eos=req.ignore_eos, logprobs=logprobs)
+
+
+def _usage(result: Result) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.generated_tokens,
+            "total_tokens": result.prompt_tokens + result.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+
+
+def _chat_logprobs(tokens) -> dict:
+    return {"content": [{"token": t.text, "logprob": t.log_prob, "bytes": list(t.text.encode()),
+                         "top_logprobs": []} for t in tokens]}
+
+
+def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
+    req = validate(ChatCompletionRequest, payload)
+    try:
+        messages = [m.template_dict() for m in req.messages]
+    except ValueError as exc:
+        raise bad_request(f"messages: {exc}") from None
+    ids = ctx.tokenizer.encode_chat(messages)
+    max_tokens = req.max_completion_tokens or req.max_tokens or max(
+        ctx.max_model_len - len(ids), 1)
+    ctx.check_length(ids, max_tokens, "messages")
+    generation = ctx.generation(request_id, ids, _openai_sampling(req, max_tokens, req.logprobs),
+                                req.stop)
+    created = int(time.time())
+    cid = f"chatcmpl-{request_id}"
+    model = req.model or ctx.model_name
+    if not req.stream:
+        result = generation.run()
+        body = {
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                         "logprobs": _chat_logprobs(result.tokens) if req.logprobs else None,
+                         "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
+            "usage": _usage(result),
+        }
+        return _usage_headers(Response(json.dumps(body, ensure_ascii=False),
+                                       mimetype="application/json"), [result])
+    pieces, first = _first_piece(generation)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(delta: dict, finish=None, logprobs=None, usage=None) -> bytes:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                              "finish_reason": finish}]}
+        if usage:
+            body["usage"] = usage
+        data = json.dumps(body, ensure_ascii=False)
+        return (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+
+    def events():
+        yield chunk({"role": "assistant", "content": ""})
+        for piece in _chain(first, pieces):
+            lp = _chat_logprobs(piece.tokens) if req.logprobs else None
+            if piece.text or lp:
+                yield chunk({"content": piece.text}, logprobs=lp)
+        result = generation.result
+        yield chunk({}, finish=OPENAI_FINISH.get(result.finish_reason, "stop"))
+        if include_usage:
+            yield chunk({}, usage=_usage(result))
+        if sse:
+            yield b"data: [DONE]\n\n"
+
+    return _streaming_response(events(), "text/event-stream" if sse else "application/jsonlines")
+
+
+def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
+    req = validate(CompletionRequest, payload)
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        prompts = list(prompt)
+    if req.stream and len(prompts) > 1:
+        raise bad_request("prompt: stream=true takes one prompt, not a list")
+    generations, texts = [], []
+    for index, item in enumerate(prompts):
+        ids = ctx.tokenizer.encode(item) if isinstance(item, str) else list(item)
+        if any(not isinstance(t, int) or t < 0 or t >= int(ctx.info["vocab_size"]) for t in ids):
+            raise bad_request(f"prompt.{index}: token ids must be in [0, {ctx.info['vocab_size']})")
+        texts.append(item if isinstance(item, str) else ctx.tokenizer.decode(ids))
+        ctx.check_length(ids, req.max_tokens, "prompt")
+        rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
+        generations.append(ctx.generation(rid, ids, _openai_sampling(req, req.max_tokens,
+                                                                     req.logprobs is not None),
+                                          req.stop))
+    created = int(time.time())
+    cid = f"cmpl-{request_id}"
+    model = req.model or ctx.model_name
+
+    def logprobs_of(tokens):
+        return {"tokens": [t.text for t in tokens], "token_logprobs": [t.log_prob for t in tokens],
+                "top_logprobs": None, "text_offset": []}
+
+    if not req.stream:
+        results = wait_all(generations)
+        total = Result("", "length")
+        for r in results:
+            total.prompt_tokens += r.prompt_tokens
+            total.tokens += r.tokens
+            total.cached_tokens += r.cached_tokens
+        body = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": i, "text": (texts[i] if req.echo else "") + r.text,
+                             "logprobs": logprobs_of(r.tokens) if req.logprobs is not None else None,
+                             "finish_reason": OPENAI_FINISH.get(r.finish_reason, "stop")}
+                            for i, r in enumerate(results)],
+                "usage": _usage(total)}
+        return _usage_headers(Response(json.dumps(body, ensure_ascii=False),
+                                       mimetype="application/json"), results)
+    generation = generations[0]
+    pieces, first = _first_piece(generation)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+    def chunk(text: str, finish=None, logprobs=None, usage=None) -> bytes:
+        body = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "choices": [] if usage else [{"index": 0, "text": text, "logprobs": logprobs,
+                                              "finish_reason": finish}]}
+        if usage:
+            body["usage"] = usage
+        data = json.dumps(body, ensure_ascii=False)
+        return (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+
+    def events():
+        if req.echo:
+            yield chunk(texts[0])
+        for piece in _chain(first, pieces):
+            if piece.text or req.logprobs is not None:
+                yield chunk(piece.text, logprobs=logprobs_of(piece.tokens)
+                            if req.logprobs is not None else None)
+        result = generation.result
+        yield chunk("", finish=OPENAI_FINISH.get(result.finish_reason, "stop"))
+        if include_usage:
+            yield chunk("", usage=_usage(result))
+        if sse:
+            yield b"data: [DONE]\n\n"
+
+    return _streaming_response(events(), "text/event-stream" if sse else "application/jsonlines")
+
+
+# routing -----------------------------------------------------------------------------------------
+def invocations(client: EngineClient, config, request_id: str) -> Response:
+    ctx = LlmContext(client, config)
+    payload = parse_json_body(request.get_data(cache=False))
+    if isinstance(payload, dict) and "messages" in payload:
+        sse = (config.option("output_formatter") == "sse")
+        return chat(ctx, payload, request_id, sse=sse)
+    if isinstance(payload, dict) and "prompt" in payload and "inputs" not in payload:
+        return completions(ctx, payload, request_id, sse=config.option("output_formatter") == "sse")
+    if not isinstance(payload, dict):
+        raise bad_request("body: must be a JSON object with \"inputs\" (or \"messages\")")
+    return lmi(ctx, payload, request_id)
+
+
+def register_openai_routes(app, client_getter, config) -> None:
+    from flask import g
+
+    @app.post("/v1/chat/completions")
+    def openai_chat():
+        ctx = LlmContext(client_getter(), config)
+        return chat(ctx, _object_body(), g.request_id, sse=True)
+
+    @app.post("/v1/completions")
+    def openai_completions():
+        ctx = LlmContext(client_getter(), config)
+        return completions(ctx, _object_body(), g.request_id, sse=True)
+
+    @app.get("/v1/models")
+    def openai_models():
+        return Response(json.dumps({"object": "list", "data": [{
+            "id": config.model_name, "object": "model", "created": 0, "owned_by": "serve"}]}),
+            mimetype="application/json")
+
+
+def _object_body() -> dict:
+    payload = parse_json_body(request.get_data(cache=False))
+    if not isinstance(payload, dict):
+        raise bad_request("body: must be a JSON object")
+    return payload

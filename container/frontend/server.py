@@ -1,0 +1,62 @@
+"""Runs the flask app under gunicorn with gevent workers, on a socket serve already bound.
+
+serve binds the port itself (so "port in use" is one clear line) and passes the descriptor;
+gunicorn's workers each take any request. gevent lets one worker hold thousands of streaming
+connections and answer "queue full" at once instead of parking them behind busy threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gunicorn.app.base import BaseApplication
+
+from ..config.loader import ServingConfig
+from ..logging_setup import setup_logging
+from ..workers.rundir import RunDir
+
+
+class FrontendApplication(BaseApplication):
+    def __init__(self, run_dir: str, fd: int, config: ServingConfig):
+        self.run_dir = run_dir
+        self.fd = fd
+        self.serving_config = config
+        super().__init__()
+
+    def load_config(self):
+        settings = {
+            "bind": [f"fd://{self.fd}"],
+            "workers": int(self.serving_config.setting("frontend_workers")),
+            "worker_class": "gevent",
+            "worker_connections": 20000,
+            "timeout": 120,
+            "graceful_timeout": int(round(float(self.serving_config.setting("graceful_timeout")))),
+            "keepalive": 75,
+            "accesslog": None,
+            "loglevel": self.serving_config.setting("log_level"),
+            "proc_name": "serve-frontend",
+            "limit_request_line": 8190,
+            "control_socket_disable": True,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from .app import create_app
+
+        return create_app(self.run_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args()
+    run_dir = RunDir(args.run_dir)
+    config = ServingConfig.from_json(run_dir.config_path.read_text(encoding="utf-8"))
+    setup_logging(config.setting("log_level"), "frontend")
+    FrontendApplication(args.run_dir, args.fd, config).run()
+
+
+if __name__ == "__main__":
+    main()

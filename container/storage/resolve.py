@@ -1,0 +1,34 @@
+"""Where option.model_id points: a local directory, s3:// (issue: S3), or a Hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config.loader import ServingConfig
+from ..errors import StartupError
+
+
+def resolve_model_dir(config: ServingConfig) -> Path:
+    """The local directory holding the checkpoint (downloading it first when it is remote)."""
+    model_id = config.option("model_id")
+    if not model_id:
+        return Path(config.model_dir)
+    if model_id.startswith("s3://"):
+        from .s3 import fetch_model
+
+        return fetch_model(model_id, config)
+    path = Path(model_id).expanduser()
+    if not path.is_absolute():
+        candidate = Path(config.model_dir) / path
+        if candidate.exists():
+            path = candidate
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise StartupError(f"option.model_id={model_id} is a file; point it at the checkpoint's "
+                           "directory")
+    if model_id.startswith(("/", ".", "~")):
+        raise StartupError(f"option.model_id={model_id}: no such directory")
+    from .hub import fetch_hub_model
+
+    return fetch_hub_model(model_id, config)

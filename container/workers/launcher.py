@@ -1,0 +1,60 @@
+"""The command line that starts a worker group: plain python, torchrun or mpirun.
+
+Built as a list (never a shell string). Each group gets a free MASTER_PORT so two servers on
+one host never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+
+from ..config.loader import ServingConfig
+
+WORKER_MODULE = "container.workers.worker_main"
+# Variables every rank needs; mpirun forwards only what -x names.
+_FORWARDED = ("SERVE_RUN_DIR", "SERVE_GENERATION", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH",
+              "PATH", "HOME", "CUDA_VISIBLE_DEVICES", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+              "AWS_PROFILE", "HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT",
+              "SERVING_DOWNLOAD_DIR", "TORCH_EXTENSIONS_DIR", "NCCL_NVLS_ENABLE",
+              "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS", "OMP_NUM_THREADS")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_command(config: ServingConfig, run_dir: str, generation: int,
+                  master_port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """Return (argv, environment) for one worker group."""
+    tp = config.tensor_parallel_degree
+    env = dict(os.environ)
+    env.update({
+        "SERVE_RUN_DIR": str(run_dir),
+        "SERVE_GENERATION": str(generation),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(master_port or free_port()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    worker = [sys.executable, "-m", WORKER_MODULE]
+    if config.launcher == "python":
+        return worker, env
+    if config.launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                f"--nproc_per_node={tp}", "--max_restarts=0", "--master_addr=127.0.0.1",
+                f"--master_port={env['MASTER_PORT']}", "--module", WORKER_MODULE], env
+    if config.launcher == "mpirun":
+        mpirun = shutil.which("mpirun") or "mpirun"
+        argv = [mpirun, "-np", str(tp), "--bind-to", "none", "--oversubscribe"]
+        if os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+        for name in _FORWARDED:
+            if name in env:
+                argv += ["-x", name]
+        return argv + worker, env
+    raise ValueError(f"unknown launcher {config.launcher!r}")

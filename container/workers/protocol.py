@@ -1,0 +1,99 @@
+"""Messages between the HTTP front end and rank 0 of the worker group (msgpack via msgspec).
+
+Front end -> worker: one message per request (HandleRequest or GenerateRequest), Abort.
+Worker -> front end: Rejected (admission), HandleReply / StreamChunk (handlers), and for LLM
+engines one TokenBatch per engine step carrying every new token of that front end's requests.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SamplingParams(msgspec.Struct, frozen=True):
+    max_new_tokens: int = 30
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0                  # 0: off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = []
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+
+class HandleRequest(msgspec.Struct, tag="handle", tag_field="kind"):
+    request_id: str
+    generation: int
+    properties: dict[str, str]
+    content: list[tuple[str, bytes]]
+
+
+class GenerateRequest(msgspec.Struct, tag="generate", tag_field="kind"):
+    request_id: str
+    generation: int
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    arrival_time: float = 0.0
+
+
+class Abort(msgspec.Struct, tag="abort", tag_field="kind"):
+    request_id: str
+
+
+class Rejected(msgspec.Struct, tag="rejected", tag_field="kind"):
+    request_id: str
+    code: int
+    type: str
+    message: str
+
+
+class HandleReply(msgspec.Struct, tag="reply", tag_field="kind"):
+    request_id: str
+    code: int
+    message: str
+    properties: dict[str, str]
+    body: bytes
+    streaming: bool = False          # true: StreamChunks follow
+
+
+class StreamChunk(msgspec.Struct, tag="chunk", tag_field="kind"):
+    request_id: str
+    data: bytes
+    last: bool = False
+    error: str | None = None
+
+
+class TokenDelta(msgspec.Struct, array_like=True):
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None     # length | eos_token | stop | abort | error
+    error: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+
+
+class TokenBatch(msgspec.Struct, tag="tokens", tag_field="kind"):
+    deltas: list[TokenDelta]
+
+
+ToWorker = HandleRequest | GenerateRequest | Abort
+ToFrontend = Rejected | HandleReply | StreamChunk | TokenBatch
+
+_encoder = msgspec.msgpack.Encoder()
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
+_to_frontend = msgspec.msgpack.Decoder(ToFrontend)
+
+
+def encode(message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_to_worker(data: bytes) -> ToWorker:
+    return _to_worker.decode(data)
+
+
+def decode_to_frontend(data: bytes) -> ToFrontend:
+    return _to_frontend.decode(data)

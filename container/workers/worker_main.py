@@ -1,0 +1,102 @@
+"""Entry point of every rank of the worker group (`python -m container.workers.worker_main`).
+
+Reads the config serve wrote into the run directory, loads the model (handler or LLM engine),
+then rank 0 serves the front end while the other ranks follow rank 0's steps. A load failure
+is written as one line to the run directory for serve to print, and the process exits 3.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+
+from ..config.loader import ServingConfig
+from ..errors import StartupError
+from ..logging_setup import setup_logging
+from . import dist_env
+from .ipc_server import IpcServer
+from .rundir import RunDir
+
+log = logging.getLogger("container.worker")
+
+LOAD_FAILED_EXIT = 3
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when serve (or torchrun/mpirun) goes away, so no rank is orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def build_service(config: ServingConfig, dist: dist_env.DistEnv):
+    kind = config.engine_kind
+    if kind == "handler":
+        from handlers.model_loader import load_handler
+
+        from .group import GroupChannel
+        from .handler_service import HandlerService
+
+        channel = GroupChannel.create(dist, config) if dist.world_size > 1 else None
+        handler = load_handler(config.model_dir, config.options)
+        service = HandlerService(config, handler, dist.rank, dist.world_size, channel)
+        service.initialize()
+        return service
+    if kind == "native":
+        from ..engine.service import build_native_service
+
+        return build_native_service(config, dist)
+    if kind == "deepspeed":
+        from ..engines.deepspeed_engine import build_deepspeed_service
+
+        return build_deepspeed_service(config, dist)
+    if kind == "trtllm":
+        from ..engines.trtllm import build_trtllm_service
+
+        return build_trtllm_service(config, dist)
+    raise StartupError(f"engine kind {kind!r} is not available yet")
+
+
+def main() -> int:
+    _die_with_parent()
+    run_dir = RunDir(os.environ["SERVE_RUN_DIR"])
+    generation = int(os.environ["SERVE_GENERATION"])
+    config = ServingConfig.from_json(run_dir.config_path.read_text(encoding="utf-8"))
+    dist = dist_env.detect()
+    dist_env.export(dist, config.tensor_parallel_degree)
+    setup_logging(config.setting("log_level"), f"worker{dist.rank}")
+    try:
+        service = build_service(config, dist)
+    except StartupError as exc:
+        return _fail(run_dir, generation, dist, str(exc), exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes one line for serve
+        log.error("model failed to load:\n%s", traceback.format_exc())
+        return _fail(run_dir, generation, dist,
+                     f"the model failed to load: {type(exc).__name__}: {exc}", LOAD_FAILED_EXIT)
+    if not dist.is_driver:
+        service.follow()
+        return 0
+    ipc = IpcServer(run_dir.ipc_address, generation, int(config.setting("job_queue_size")))
+    ipc.start()
+    info = dict(service.model_info(), pid=os.getpid(), ranks=dist.world_size)
+    run_dir.write_atomic(run_dir.ready_path(generation), json.dumps(info))
+    log.info("worker ready (generation %d)", generation)
+    service.serve(ipc)
+    return 0
+
+
+def _fail(run_dir: RunDir, generation: int, dist, message: str, code: int) -> int:
+    if dist.is_driver:
+        run_dir.write_atomic(run_dir.error_path(generation), " ".join(message.split()))
+    log.error("%s", message)
+    return code if code else LOAD_FAILED_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in handlers and the loader of users' model.py handlers."""

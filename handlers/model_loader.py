@@ -1,0 +1,76 @@
+"""Load a user's handler the way DJL Serving does.
+
+The entry point is `option.entryPoint` (a .py file in the model dir, or an importable module)
+or model.py; the function is `option.handler` (default `handle`). A module written in
+SageMaker's style (model_fn / input_fn / predict_fn / output_fn) is wrapped so it answers the
+same Input/Output contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+from container.errors import StartupError
+
+from .sagemaker_style import SageMakerStyleHandler
+
+_BUILTIN_ENTRY_POINTS = {
+    # DJL's own handlers, named by users in serving.properties; served by our engines instead.
+    "djl_python.huggingface", "djl_python.deepspeed", "djl_python.transformers_neuronx",
+    "djl_python.lmi_vllm.vllm_async_service", "djl_python.lmi_trtllm.trtllm_async_service",
+    "djl_python.tensorrt_llm",
+}
+
+
+def is_builtin_entry_point(entry_point: str | None) -> bool:
+    return bool(entry_point) and entry_point.strip() in _BUILTIN_ENTRY_POINTS
+
+
+def _import_file(path: Path):
+    name = path.stem if path.stem not in sys.modules else f"model_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_module(model_dir: Path, entry_point: str | None):
+    if str(model_dir) not in sys.path:
+        sys.path.insert(0, str(model_dir))
+    entry = (entry_point or "model.py").strip()
+    if "://" in entry:
+        raise StartupError(
+            f"option.entryPoint={entry} is a URL; put the handler file in the model directory "
+            "and name it there (e.g. option.entryPoint=model.py)")
+    if entry.endswith(".py"):
+        path = Path(entry) if Path(entry).is_absolute() else model_dir / entry
+        if not path.is_file():
+            raise StartupError(f"handler file {path} not found: add it to the model directory or "
+                               "fix option.entryPoint")
+        return _import_file(path)
+    try:
+        return importlib.import_module(entry)
+    except ModuleNotFoundError as exc:
+        raise StartupError(f"option.entryPoint={entry}: module not found ({exc}); name a .py file "
+                           "in the model directory or an installed module") from None
+
+
+def load_handler(model_dir: str | Path, options: dict[str, str]) -> Callable:
+    """Import the handler module and return the callable that takes an Input."""
+    model_dir = Path(model_dir)
+    lowered = {k.lower(): v for k, v in options.items()}
+    module = load_module(model_dir, lowered.get("entrypoint"))
+    function_name = lowered.get("handler", "handle")
+    function = getattr(module, function_name, None)
+    if callable(function):
+        return function
+    if callable(getattr(module, "model_fn", None)) or callable(getattr(module, "predict_fn", None)):
+        return SageMakerStyleHandler(module, model_dir)
+    raise StartupError(
+        f"{getattr(module, '__file__', module.__name__)} defines no {function_name}(inputs) "
+        "function (nor SageMaker-style model_fn/predict_fn): add one or set option.handler")

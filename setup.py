@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="serve-container",
+    version="0.1.0",
+    description="SageMaker-compatible LLM serving container (DJL Serving / LMI compatible)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["container", "container.*", "djl_python", "djl_python.*",
+                                    "handlers", "handlers.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "tokenizers>=0.21",
+        "flask>=3.0",
+        "gunicorn>=22",
+        "gevent>=24",
+        "pyzmq>=25",
+        "msgspec>=0.18",
+        "pydantic>=2.6",
+        "prometheus_client>=0.20",
+        "numpy>=1.24",
+        "jinja2>=3.1",
+        "boto3>=1.34",
+        "filelock>=3.12",
+        "tqdm>=4.66",
+        "huggingface_hub>=0.24",
+    ],
+    extras_require={
+        "deepspeed": ["deepspeed>=0.15"],
+        "sagemaker": ["sagemaker>=2.200"],
+        "test": ["pytest>=8", "requests>=2.31", "openai>=1.40", "moto[server]>=5",
+                 "hypothesis>=6.100", "accelerate>=0.30", "gguf>=0.10"],
+    },
+    entry_points={"console_scripts": ["serve=container.cli:main"]},
+)
