@@ -107,9 +107,9 @@ class Server:
     def run(self) -> int:
         self.supervisor.set_state("starting", "starting")
         self.start_frontend()
-        install_requirements(self.config)
-        self.supervisor.start()
         try:
+            install_requirements(self.config)
+            self.supervisor.start()
             while not self.stopping:
                 self.supervisor.poll()
                 if self.frontend.poll() is not None:
@@ -117,17 +117,20 @@ class Server:
                                        f"{self.frontend.returncode} (see the log above)",
                                        exit_code=1)
                 time.sleep(POLL_S)
-        finally:
-            self.shutdown()
+        except BaseException:
+            self.shutdown(drain=False)      # nothing to drain: serving cannot go on
+            raise
+        self.shutdown(drain=True)
         return 0
 
-    def shutdown(self) -> None:
+    def shutdown(self, drain: bool) -> None:
         """Front end first (it drains requests in flight), then the worker group."""
-        grace = float(self.config.setting("graceful_timeout"))
+        grace = float(self.config.setting("graceful_timeout")) + 10 if drain else 5.0
         if self.frontend and self.frontend.poll() is None:
-            self.frontend.send_signal(signal.SIGTERM)
+            # gunicorn: TERM = graceful (finish requests), QUIT = quick
+            self.frontend.send_signal(signal.SIGTERM if drain else signal.SIGQUIT)
             try:
-                self.frontend.wait(timeout=grace + 10)
+                self.frontend.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.frontend.kill()
         self.supervisor.stop()
@@ -138,7 +141,6 @@ class Server:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(os.environ.get("SERVING_LOG_LEVEL", "info"), "serve")
-    server = None
     try:
         config = load_config(args.model_dir)
         setup_logging(config.setting("log_level"), "serve")

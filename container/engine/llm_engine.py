@@ -37,6 +37,9 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.plan_channel = plan_channel
         self.sequences: dict[str, Sequence] = {}
+        self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
+                         "chunked_prefill_steps": 0, "cached_prompt_tokens": 0,
+                         "prompt_tokens_computed": 0, "generated_tokens": 0}
 
     # requests ----------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
@@ -49,6 +52,8 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> Sequence | None:
         seq = self.scheduler.abort(request_id)
         self.sequences.pop(request_id, None)
+        if seq is not None:
+            self.counters["requests_aborted"] += 1
         return seq
 
     def has_work(self) -> bool:
@@ -59,6 +64,7 @@ class LLMEngine:
         decision = self.scheduler.schedule()
         if not decision.scheduled:
             return []
+        self._count(decision)
         plan = StepPlan.build(decision.scheduled, self.runner.block_size)
         if self.plan_channel is not None:
             self.plan_channel.send(plan)
@@ -82,10 +88,25 @@ class LLMEngine:
                 if reason:
                     self.scheduler.finish(seq, reason)
                     self.sequences.pop(seq.request_id, None)
+                    self.counters["requests_finished"] += 1
                     out.finished = True
                 outputs.append(out)
         self.scheduler.remove_finished()
         return outputs
+
+    def _count(self, decision) -> None:
+        counters = self.counters
+        counters["steps"] += 1
+        for item in decision.scheduled:
+            seq = item.seq
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                counters["prompt_tokens_computed"] += item.num_new_tokens
+                if not item.samples:
+                    counters["chunked_prefill_steps"] += 1
+                if seq.num_computed_tokens == seq.num_cached_tokens and seq.num_cached_tokens:
+                    counters["cached_prompt_tokens"] += seq.num_cached_tokens
+            if item.samples:
+                counters["generated_tokens"] += 1
 
     def _sampling_row(self, seq: Sequence) -> dict:
         p = seq.sampling

@@ -142,17 +142,42 @@ class NativeService:
     def serve(self, ipc: IpcServer) -> None:
         engine = self.engine
         last_broadcast = time.monotonic()
+        busy = False
+        self._publish_stats(ipc)
         while True:
             idle = not engine.has_work()
+            if idle and busy:
+                busy = False
+                self._publish_stats(ipc)
+                counters = engine.counters
+                log.info("engine idle: %d requests finished, %d steps, %d preemptions, "
+                         "%d chunked-prefill steps, %d prefix-cache tokens so far",
+                         counters["requests_finished"], counters["steps"],
+                         self.engine.scheduler.total_preemptions,
+                         counters["chunked_prefill_steps"], counters["cached_prompt_tokens"])
             self._take_messages(ipc, block=idle)
             if engine.has_work():
+                busy = True
                 outputs = engine.step()
                 last_broadcast = time.monotonic()
                 if outputs:
                     self._send(ipc, outputs)
+                self._publish_stats(ipc)
             elif self.plan_channel is not None and time.monotonic() - last_broadcast > HEARTBEAT_S:
                 self.plan_channel.heartbeat()
                 last_broadcast = time.monotonic()
+
+    def _publish_stats(self, ipc: IpcServer) -> None:
+        scheduler = self.engine.scheduler
+        ipc.stats = {
+            "running": float(len(scheduler.running)),
+            "waiting": float(len(scheduler.waiting)),
+            "kv_blocks_total": float(self.block_manager.num_blocks),
+            "kv_blocks_used": float(self.block_manager.num_used),
+            "kv_blocks_referenced": float(sum(1 for c in self.block_manager.ref_counts if c)),
+            "preemptions": float(scheduler.total_preemptions),
+            **{k: float(v) for k, v in self.engine.counters.items()},
+        }
 
     def _take_messages(self, ipc: IpcServer, block: bool) -> None:
         try:
@@ -166,6 +191,7 @@ class NativeService:
             elif isinstance(message, protocol.Abort):
                 if self.engine.abort_request(message.request_id) is not None:
                     ipc.finish(1)
+                    self._publish_stats(ipc)
             try:
                 item = ipc.inbox.get_nowait()
             except queue.Empty:

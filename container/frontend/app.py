@@ -115,7 +115,10 @@ def create_app(run_dir: str) -> Flask:
     @app.get("/models/<name>")
     def describe_model(name: str):
         check_model_name(name)
-        return json_response([describe()])
+        described = describe()
+        if client().status.get().ready:
+            described["engineStats"] = client().stats()
+        return json_response([described])
 
     def check_model_name(name: str) -> None:
         if name != config.model_name:

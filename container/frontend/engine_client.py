@@ -22,6 +22,7 @@ from ..workers.rundir import RunDir, StatusCache
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.2
+CONNECT_WAIT_MS = 3000
 
 
 class WorkerGone:
@@ -45,6 +46,7 @@ class EngineClient:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IMMEDIATE, 1)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 50)
         self.socket.setsockopt(zmq.IDENTITY, f"fe-{os.getpid()}-{uuid.uuid4().hex[:8]}".encode())
         self.socket.connect(run_dir.ipc_address)
         self.pending: dict[str, tuple[Queue, int]] = {}
@@ -66,6 +68,9 @@ class EngineClient:
         box: Queue = Queue()
         self.pending[message.request_id] = (box, message.generation)
         try:
+            # Just after a worker (re)start the connection may be a reconnect interval away.
+            if not self.socket.poll(CONNECT_WAIT_MS, zmq.POLLOUT):
+                raise zmq.Again()
             self.socket.send(protocol.encode(message), zmq.NOBLOCK)
         except zmq.Again:
             self.pending.pop(message.request_id, None)
@@ -73,6 +78,20 @@ class EngineClient:
                                "the worker is not connected yet; retry shortly",
                                {"Retry-After": "1"}) from None
         return box
+
+    def stats(self, timeout: float = 2.0) -> dict[str, float]:
+        """The worker's live figures (queue, running sequences, KV blocks...); {} if silent."""
+        request_id = f"stats-{uuid.uuid4().hex}"
+        box: Queue = Queue()
+        self.pending[request_id] = (box, self.status.get().generation)
+        try:
+            self.socket.send(protocol.encode(protocol.StatsRequest(request_id)), zmq.NOBLOCK)
+            reply = box.get(timeout=timeout)
+        except (zmq.ZMQError, gevent.queue.Empty):
+            return {}
+        finally:
+            self.pending.pop(request_id, None)
+        return reply.values if isinstance(reply, protocol.Stats) else {}
 
     def release(self, request_id: str) -> None:
         self.pending.pop(request_id, None)
@@ -86,11 +105,23 @@ class EngineClient:
         except zmq.ZMQError:
             pass
 
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
     # greenlets --------------------------------------------------------------------------------
     def _reader(self) -> None:
-        while True:
+        while not self.socket.closed:
             try:
-                message = protocol.decode_to_frontend(self.socket.recv())
+                frame = self.socket.recv()
+            except zmq.ZMQError:
+                if self.socket.closed:
+                    return
+                log.exception("receiving from the worker failed")
+                gevent.sleep(0.1)
+                continue
+            try:
+                message = protocol.decode_to_frontend(frame)
             except Exception:  # noqa: BLE001 - keep reading whatever one bad frame did
                 log.exception("bad message from the worker")
                 continue
@@ -105,7 +136,7 @@ class EngineClient:
                     entry[0].put(message)
 
     def _watcher(self) -> None:
-        while True:
+        while not self.socket.closed:
             gevent.sleep(WATCH_INTERVAL_S)
             status = self.status.get()
             if not self.pending:
@@ -119,6 +150,14 @@ class EngineClient:
 
 _client: EngineClient | None = None
 _client_pid: int | None = None
+
+
+def close_client() -> None:
+    """Close this process's socket so the worker process can exit promptly."""
+    global _client
+    if _client is not None and _client_pid == os.getpid():
+        _client.close()
+        _client = None
 
 
 def get_client(run_dir: RunDir) -> EngineClient:

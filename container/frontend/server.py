@@ -16,6 +16,12 @@ from ..logging_setup import setup_logging
 from ..workers.rundir import RunDir
 
 
+def _worker_exit(server, worker) -> None:
+    from .engine_client import close_client
+
+    close_client()
+
+
 class FrontendApplication(BaseApplication):
     def __init__(self, run_dir: str, fd: int, config: ServingConfig):
         self.run_dir = run_dir
@@ -31,12 +37,13 @@ class FrontendApplication(BaseApplication):
             "worker_connections": 20000,
             "timeout": 120,
             "graceful_timeout": int(round(float(self.serving_config.setting("graceful_timeout")))),
-            "keepalive": 75,
+            "keepalive": 5,          # idle keep-alive connections hold up SIGTERM drain
             "accesslog": None,
             "loglevel": self.serving_config.setting("log_level"),
             "proc_name": "serve-frontend",
             "limit_request_line": 8190,
             "control_socket_disable": True,
+            "worker_exit": _worker_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

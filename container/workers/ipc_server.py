@@ -32,6 +32,9 @@ class IpcServer:
         self._local = threading.local()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ipc-io", daemon=True)
+        # Latest engine figures, replaced (never mutated) by the serving loop; answered here so a
+        # stats request never waits behind a long step or a busy handler.
+        self.stats: dict[str, float] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -98,6 +101,11 @@ class IpcServer:
             return
         if isinstance(message, protocol.Abort):
             self.inbox.put((identity, message))
+            return
+        if isinstance(message, protocol.StatsRequest):
+            values = dict(self.stats, requests_in_flight=float(self._inflight))
+            router.send_multipart([identity, protocol.encode(
+                protocol.Stats(message.request_id, values))])
             return
         reason = None
         if message.generation != self.generation:

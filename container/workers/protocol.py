@@ -42,6 +42,15 @@ class Abort(msgspec.Struct, tag="abort", tag_field="kind"):
     request_id: str
 
 
+class StatsRequest(msgspec.Struct, tag="stats", tag_field="kind"):
+    request_id: str
+
+
+class Stats(msgspec.Struct, tag="stats_reply", tag_field="kind"):
+    request_id: str
+    values: dict[str, float]
+
+
 class Rejected(msgspec.Struct, tag="rejected", tag_field="kind"):
     request_id: str
     code: int
@@ -79,8 +88,8 @@ class TokenBatch(msgspec.Struct, tag="tokens", tag_field="kind"):
     deltas: list[TokenDelta]
 
 
-ToWorker = HandleRequest | GenerateRequest | Abort
-ToFrontend = Rejected | HandleReply | StreamChunk | TokenBatch
+ToWorker = HandleRequest | GenerateRequest | Abort | StatsRequest
+ToFrontend = Rejected | HandleReply | StreamChunk | TokenBatch | Stats
 
 _encoder = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)

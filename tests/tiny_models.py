@@ -1,0 +1,111 @@
+"""Small random-weight checkpoints with a real trained tokenizer, built on the fly for tests.
+
+The tokenizer is a byte-level BPE trained with `tokenizers` on this repository's own text, with
+a chat template; the models are transformers' own classes saved with save_pretrained, so
+transformers' generate on the same files is an independent reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+SPECIAL = ["<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def corpus() -> list[str]:
+    texts = []
+    for path in sorted((REPO / "container").rglob("*.py")):
+        texts.append(path.read_text(encoding="utf-8"))
+    texts.append("Grüße aus Köln! ünïcödé 你好世界 🙂 emoji and accents: café naïve résumé.\n" * 20)
+    return texts
+
+
+def build_tokenizer(directory: Path, vocab_size: int = 800):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(corpus(), trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
+        "eos_token": "<|end|>", "pad_token": "<|endoftext|>", "chat_template": CHAT_TEMPLATE,
+        "model_max_length": 4096}))
+    return tokenizer
+
+
+def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
+                max_positions: int = 512, **overrides) -> Path:
+    """Save a tiny random model of the given family (llama | qwen2 | mistral) with tokenizer."""
+    import torch
+    import transformers
+
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return directory
+    tokenizer = build_tokenizer(directory)
+    eos = tokenizer.token_to_id("<|end|>")
+    common = dict(vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=max_positions, initializer_range=0.15,
+                  eos_token_id=eos, bos_token_id=None, pad_token_id=0, tie_word_embeddings=False)
+    common.update(overrides)
+    if architecture == "llama":
+        config = transformers.LlamaConfig(
+            rope_theta=500000.0, rope_scaling={
+                "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, **common)
+        cls = transformers.LlamaForCausalLM
+    elif architecture == "qwen2":
+        config = transformers.Qwen2Config(rope_theta=10000.0, **common)
+        cls = transformers.Qwen2ForCausalLM
+    elif architecture == "mistral":
+        config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=None, **common)
+        cls = transformers.MistralForCausalLM
+    else:
+        raise ValueError(architecture)
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    model.save_pretrained(directory)
+    return directory
+
+
+def default_model_dir() -> Path | None:
+    """The embedded SmolLM2 checkpoint that `make` converts (None when it is not built)."""
+    candidates = [os.environ.get("SERVE_DEFAULT_MODEL"),
+                  str(Path.home() / ".cache/serve/models/SmolLM2-135M-Instruct")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "model.safetensors").is_file():
+            return Path(candidate)
+    return None
+
+
+def reference_greedy(model_dir: Path, prompts: list[list[int]], max_new_tokens: int,
+                     stop_at_eos: bool = False) -> list[list[int]]:
+    """transformers' generate, greedy, fp32, one prompt at a time: the oracle."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if not stop_at_eos:
+        model.generation_config.eos_token_id = None     # neither stop on nor suppress EOS
+    outputs = []
+    with torch.no_grad():
+        for prompt in prompts:
+            generated = model.generate(
+                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+            outputs.append(generated[0, len(prompt):].tolist())
+    return outputs
