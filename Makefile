@@ -11,7 +11,7 @@ CACHE_DIR ?= $(HOME)/.cache/serve
 DEFAULT_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct
 PORT ?= 8080
 
-.PHONY: install run test test-fast system-deps default-model bench clean docker-test
+.PHONY: install run test test-fast system-deps default-model bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,6 @@ bench: install default-model
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Container image targets (docker-build, docker-test) live with the Dockerfiles.
+-include docker/docker.mk

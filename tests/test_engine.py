@@ -43,7 +43,7 @@ def run_staggered(engine, prompts, max_new_tokens, arrivals_per_step=2, seed=Non
                 engine.add_request(str(i), prompt, SamplingParams(
                     max_new_tokens=max_new_tokens, ignore_eos=True, seed=seed))
         for out in engine.step():
-            results[out.seq.request_id].extend(out.new_token_ids)
+            results[out.request_id].extend(out.new_token_ids)
     return [results[str(i)] for i in range(len(prompts))]
 
 

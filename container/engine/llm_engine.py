@@ -7,11 +7,11 @@ step's plan is broadcast before running so every rank computes its shard of the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 
 from ..workers.protocol import SamplingParams
+from .interface import TokenOutput
 from .model_runner import ModelRunner, StepPlan
 from .sampler import SamplingBatch, sample
 from .scheduler import Scheduler
@@ -20,18 +20,11 @@ from .sequence import Sequence
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class StepOutput:
-    seq: Sequence
-    new_token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] | None = None
-    finished: bool = False
-
-
 class LLMEngine:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, eos_token_ids: list[int],
                  max_model_len: int, plan_channel=None):
         self.runner = runner
+        self.vocab_size = runner.config.vocab_size
         self.scheduler = scheduler
         self.eos_token_ids = set(eos_token_ids)
         self.max_model_len = max_model_len
@@ -49,18 +42,34 @@ class LLMEngine:
         self.scheduler.add(seq)
         return seq
 
-    def abort_request(self, request_id: str) -> Sequence | None:
+    def abort_request(self, request_id: str) -> bool:
         seq = self.scheduler.abort(request_id)
         self.sequences.pop(request_id, None)
         if seq is not None:
             self.counters["requests_aborted"] += 1
-        return seq
+        return seq is not None
+
+    def heartbeat(self) -> None:
+        if self.plan_channel is not None:
+            self.plan_channel.heartbeat()
+
+    def stats(self) -> dict[str, float]:
+        blocks = self.scheduler.blocks
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": blocks.num_blocks,
+            "kv_blocks_used": blocks.num_blocks - blocks.num_free,
+            "kv_blocks_referenced": sum(1 for c in blocks.ref_counts if c),
+            "preemptions": self.scheduler.total_preemptions,
+            **self.counters,
+        }
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
     # one step ----------------------------------------------------------------------------------
-    def step(self) -> list[StepOutput]:
+    def step(self) -> list[TokenOutput]:
         decision = self.scheduler.schedule()
         if not decision.scheduled:
             return []
@@ -72,7 +81,7 @@ class LLMEngine:
         sampling_rows = [s for s in decision.scheduled if s.samples]
         for item in decision.scheduled:
             self.scheduler.advance(item)
-        outputs: list[StepOutput] = []
+        outputs: list[TokenOutput] = []
         if sampling_rows:
             batch = SamplingBatch.build([self._sampling_row(s.seq) for s in sampling_rows],
                                         logits.device)
@@ -83,14 +92,15 @@ class LLMEngine:
                 seq = item.seq
                 token = tokens[i]
                 seq.token_ids.append(token)
-                out = StepOutput(seq, [token], [logprobs[i]] if logprobs is not None else None)
                 reason = self._stop_reason(seq, token)
                 if reason:
                     self.scheduler.finish(seq, reason)
                     self.sequences.pop(seq.request_id, None)
                     self.counters["requests_finished"] += 1
-                    out.finished = True
-                outputs.append(out)
+                outputs.append(TokenOutput(
+                    seq.request_id, seq.owner, [token],
+                    [logprobs[i]] if logprobs is not None else None, reason,
+                    seq.num_prompt_tokens, seq.num_cached_tokens))
         self.scheduler.remove_finished()
         return outputs
 

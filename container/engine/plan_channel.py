@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..workers.group import collective_timeout_s
 from .model_runner import StepPlan
 
-HEARTBEAT_S = 5.0
+
 
 
 class PlanChannel:

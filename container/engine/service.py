@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -16,16 +14,16 @@ from ..config.loader import ServingConfig
 from ..config.options_native import NativeOptions
 from ..errors import StartupError
 from ..storage.resolve import resolve_model_dir
-from ..workers import protocol
 from ..workers.dist_env import DistEnv
 from ..workers.ipc_server import IpcServer
 from .block_manager import BlockManager
-from .llm_engine import LLMEngine, StepOutput, follow_steps
+from .llm_engine import LLMEngine, follow_steps
 from .model_config import ModelConfig
 from .model_runner import ModelRunner, resolve_dtype
 from .parallel import TensorParallel
-from .plan_channel import HEARTBEAT_S, PlanChannel
+from .plan_channel import PlanChannel
 from .scheduler import Scheduler
+from .serving_loop import ServingLoop
 
 log = logging.getLogger(__name__)
 
@@ -140,95 +138,7 @@ class NativeService:
 
     # rank 0 ------------------------------------------------------------------------------------
     def serve(self, ipc: IpcServer) -> None:
-        engine = self.engine
-        last_broadcast = time.monotonic()
-        busy = False
-        self._publish_stats(ipc)
-        while True:
-            idle = not engine.has_work()
-            if idle and busy:
-                busy = False
-                self._publish_stats(ipc)
-                counters = engine.counters
-                log.info("engine idle: %d requests finished, %d steps, %d preemptions, "
-                         "%d chunked-prefill steps, %d prefix-cache tokens so far",
-                         counters["requests_finished"], counters["steps"],
-                         self.engine.scheduler.total_preemptions,
-                         counters["chunked_prefill_steps"], counters["cached_prompt_tokens"])
-            self._take_messages(ipc, block=idle)
-            if engine.has_work():
-                busy = True
-                outputs = engine.step()
-                last_broadcast = time.monotonic()
-                if outputs:
-                    self._send(ipc, outputs)
-                self._publish_stats(ipc)
-            elif self.plan_channel is not None and time.monotonic() - last_broadcast > HEARTBEAT_S:
-                self.plan_channel.heartbeat()
-                last_broadcast = time.monotonic()
-
-    def _publish_stats(self, ipc: IpcServer) -> None:
-        scheduler = self.engine.scheduler
-        ipc.stats = {
-            "running": float(len(scheduler.running)),
-            "waiting": float(len(scheduler.waiting)),
-            "kv_blocks_total": float(self.block_manager.num_blocks),
-            "kv_blocks_used": float(self.block_manager.num_used),
-            "kv_blocks_referenced": float(sum(1 for c in self.block_manager.ref_counts if c)),
-            "preemptions": float(scheduler.total_preemptions),
-            **{k: float(v) for k, v in self.engine.counters.items()},
-        }
-
-    def _take_messages(self, ipc: IpcServer, block: bool) -> None:
-        try:
-            item = ipc.inbox.get(timeout=HEARTBEAT_S / 2) if block else ipc.inbox.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            identity, message = item
-            if isinstance(message, protocol.GenerateRequest):
-                self._add(ipc, identity, message)
-            elif isinstance(message, protocol.Abort):
-                if self.engine.abort_request(message.request_id) is not None:
-                    ipc.finish(1)
-                    self._publish_stats(ipc)
-            try:
-                item = ipc.inbox.get_nowait()
-            except queue.Empty:
-                return
-
-    def _add(self, ipc: IpcServer, identity: bytes, request: protocol.GenerateRequest) -> None:
-        problem = None
-        total = len(request.prompt_token_ids) + request.sampling.max_new_tokens
-        if not request.prompt_token_ids:
-            problem = "the prompt is empty"
-        elif total > self.max_model_len:
-            problem = (f"prompt ({len(request.prompt_token_ids)} tokens) + max_new_tokens "
-                       f"({request.sampling.max_new_tokens}) exceeds max_model_len "
-                       f"({self.max_model_len})")
-        elif max(request.prompt_token_ids) >= self.model_config.vocab_size or min(
-                request.prompt_token_ids) < 0:
-            problem = "the prompt holds token ids outside the vocabulary"
-        if problem:
-            delta = protocol.TokenDelta(request.request_id, [], None, "error", problem)
-            ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
-            return
-        self.engine.add_request(request.request_id, request.prompt_token_ids, request.sampling,
-                                identity)
-
-    def _send(self, ipc: IpcServer, outputs: list[StepOutput]) -> None:
-        by_owner: dict[bytes, list[protocol.TokenDelta]] = defaultdict(list)
-        finished: dict[bytes, int] = defaultdict(int)
-        for out in outputs:
-            seq = out.seq
-            by_owner[seq.owner].append(protocol.TokenDelta(
-                seq.request_id, out.new_token_ids, out.logprobs,
-                seq.finish_reason if out.finished else None, None,
-                seq.num_prompt_tokens, seq.num_cached_tokens))
-            if out.finished:
-                finished[seq.owner] += 1
-        for owner, deltas in by_owner.items():
-            ipc.send(owner, protocol.TokenBatch(deltas), finished=finished[owner])
+        ServingLoop(self.engine, ipc).run_forever()
 
     # other ranks -------------------------------------------------------------------------------
     def follow(self) -> None:

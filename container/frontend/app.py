@@ -145,6 +145,8 @@ def create_app(run_dir: str) -> Flask:
         return invoke()
 
     from .llm_routes import register_openai_routes
+    from .sagemaker_routes import register_sagemaker_routes
 
     register_openai_routes(app, client, config)
+    register_sagemaker_routes(app, invoke)
     return app
