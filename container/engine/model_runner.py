@@ -90,8 +90,9 @@ def resolve_dtype(option: str, checkpoint_dtype: str | None, device: torch.devic
 
 
 class ModelRunner:
-    def __init__(self, model_config: ModelConfig, model_dir: str, max_model_len: int,
+    def __init__(self, model_config: ModelConfig, weights, max_model_len: int,
                  dtype: torch.dtype, device: torch.device, tp: TensorParallel, block_size: int):
+        """weights: a checkpoint directory or a CheckpointSource (engine/weights.py)."""
         self.config = model_config
         self.device = device
         self.dtype = dtype
@@ -103,7 +104,7 @@ class ModelRunner:
                 self.model = LlamaForCausalLM(model_config, max_model_len, tp)
         finally:
             torch.set_default_dtype(torch.float32)
-        load_weights(self.model, model_dir)
+        load_weights(self.model, weights)
         self.model.eval()
         self.kv_caches: list[torch.Tensor] = []
 

@@ -13,7 +13,7 @@ import torch
 from ..config.loader import ServingConfig
 from ..config.options_native import NativeOptions
 from ..errors import StartupError
-from ..storage.resolve import resolve_model_dir
+from ..storage.resolve import resolve_model_dir, weights_source
 from ..workers.dist_env import DistEnv
 from ..workers.ipc_server import IpcServer
 from .block_manager import BlockManager
@@ -99,8 +99,8 @@ class NativeService:
         dtype = resolve_dtype(self.options.dtype, model_config.torch_dtype, device)
         started = time.monotonic()
         try:
-            self.runner = ModelRunner(model_config, str(self.model_dir), max_len, dtype, device, tp,
-                                      int(self.options.kv_block_size))
+            self.runner = ModelRunner(model_config, weights_source(config, self.model_dir),
+                                      max_len, dtype, device, tp, int(self.options.kv_block_size))
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
         blocks = kv_block_count(self.options, self.runner, device)

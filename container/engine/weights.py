@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Iterable, Protocol
 
 import torch
 from safetensors import safe_open
@@ -37,6 +39,26 @@ def checkpoint_files(model_dir: str | Path) -> list[Path]:
     raise StartupError(f"no *.safetensors weights in {model_dir}")
 
 
+class CheckpointSource(Protocol):
+    """Where weights come from: each opened file behaves like safetensors' safe_open handle
+    (keys(), get_slice(name) -> object sliceable like a tensor, read lazily)."""
+
+    description: str
+
+    def open_files(self) -> Iterable[AbstractContextManager]:
+        ...
+
+
+class LocalCheckpoint:
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        self.description = str(self.model_dir)
+
+    def open_files(self):
+        for path in checkpoint_files(self.model_dir):
+            yield safe_open(str(path), framework="pt", device="cpu")
+
+
 def load_whole(param: torch.Tensor, tensor_slice, shard_id=None) -> None:
     """Parameters every rank keeps whole (norms)."""
     value = tensor_slice[:]
@@ -45,11 +67,13 @@ def load_whole(param: torch.Tensor, tensor_slice, shard_id=None) -> None:
     param.data.copy_(value)
 
 
-def load_weights(model: torch.nn.Module, model_dir: str | Path) -> None:
+def load_weights(model: torch.nn.Module, source: str | Path | CheckpointSource) -> None:
+    if isinstance(source, (str, Path)):
+        source = LocalCheckpoint(source)
     params = dict(model.named_parameters())
     loaded: set[str] = set()
-    for path in checkpoint_files(model_dir):
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+    for opened in source.open_files():
+        with opened as handle:
             for name in handle.keys():
                 mapped = model.map_checkpoint_name(name)
                 if mapped is None:
@@ -65,5 +89,5 @@ def load_weights(model: torch.nn.Module, model_dir: str | Path) -> None:
                 loaded.add(target)
     missing = sorted(set(params) - loaded)
     if missing:
-        raise StartupError(f"the checkpoint in {model_dir} lacks weights for "
+        raise StartupError(f"the checkpoint in {source.description} lacks weights for "
                            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")

@@ -1,4 +1,9 @@
-"""Where option.model_id points: a local directory, s3:// (issue: S3), or a Hub id."""
+"""Where option.model_id points: a local directory, s3://, or a Hugging Face Hub id.
+
+resolve_model_dir gives the local directory with config and tokenizer (downloading what is
+remote); weights_source gives where the engine reads tensors from: that directory, or a stream
+straight from S3 when option.load_format=stream.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +37,10 @@ def resolve_model_dir(config: ServingConfig) -> Path:
     from .hub import fetch_hub_model
 
     return fetch_hub_model(model_id, config)
+
+
+def weights_source(config: ServingConfig, model_dir: Path):
+    """The checkpoint the engine loads tensors from (see engine/weights.py CheckpointSource)."""
+    from ..engine.weights import LocalCheckpoint
+
+    return LocalCheckpoint(model_dir)
