@@ -38,6 +38,11 @@ class NativeOptions(EngineOptions):
         "Reuse KV blocks of identical prompt prefixes across requests.", values.boolean)
     enforce_eager: bool = option(
         "enforce_eager", "false", "GPU: run decode steps without CUDA graphs.", values.boolean)
+    load_format: str = option(
+        "load_format", "auto",
+        "How weights are read: auto (download remote checkpoints, then load), download, or "
+        "stream (s3:// only: each rank reads its own slices straight from S3, no local copy).",
+        values.choice("auto", "download", "stream"), scope="common")
     quantize: str | None = existing("quantize")
 
     def check(self) -> None:
