@@ -48,9 +48,12 @@ def choose_device(dist: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def kv_block_count(options: NativeOptions, runner: ModelRunner, device: torch.device) -> int:
+def kv_block_count(options: NativeOptions, runner: ModelRunner, device: torch.device,
+                   max_model_len: int) -> int:
     if options.num_kv_blocks:
         return options.num_kv_blocks
+    # Never more than a full batch of full-length sequences can use.
+    useful = options.max_rolling_batch_size * -(-max_model_len // runner.block_size) + 1
     per_block = runner.kv_bytes_per_block()
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
@@ -59,6 +62,7 @@ def kv_block_count(options: NativeOptions, runner: ModelRunner, device: torch.de
         blocks = int(budget // per_block)
     else:
         blocks = int(options.cpu_kv_cache_gb * (1 << 30) // per_block)
+    blocks = min(blocks, useful)
     if blocks < 1:
         raise StartupError("no memory is left for the KV cache: raise "
                            "option.gpu_memory_utilization (GPU) / option.cpu_kv_cache_gb (CPU) or "
@@ -103,7 +107,7 @@ class NativeService:
                                       max_len, dtype, device, tp, int(self.options.kv_block_size))
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
-        blocks = kv_block_count(self.options, self.runner, device)
+        blocks = kv_block_count(self.options, self.runner, device, max_len)
         if tp.enabled:
             count = torch.tensor([blocks], dtype=torch.int64)
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN,

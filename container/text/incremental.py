@@ -37,13 +37,17 @@ class IncrementalText:
         self.released = ""
         self.pending = ""
         self.stopped = False
+        self.undecoded: list[int] = []    # ids the stream holds back (an incomplete character)
 
     def add(self, token_ids: list[int]) -> TextUpdate:
         if self.stopped:
             return TextUpdate("", True)
         for token in token_ids:
             piece = self.stream.step(self.tokenizer, token)
-            if piece:
+            if piece is None:
+                self.undecoded.append(token)
+            else:
+                self.undecoded = []
                 self.pending += piece
         if not self.stops:
             return TextUpdate(self._release(len(self.pending)))
@@ -57,7 +61,11 @@ class IncrementalText:
         return TextUpdate(self._release(len(self.pending) - self._hold_back(full)))
 
     def finish(self) -> str:
-        """The generation ended: release what was held back."""
+        """The generation ended: release what was held back. Bytes of a character that never
+        completed come out as U+FFFD, as a whole-sequence decode would show them."""
+        if self.undecoded and not self.stopped:
+            self.pending += self.tokenizer.decode(self.undecoded, skip_special_tokens=True)
+            self.undecoded = []
         return self._release(len(self.pending))
 
     @property
