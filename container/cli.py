@@ -21,6 +21,7 @@ from pathlib import Path
 from .config.loader import ServingConfig, load_config
 from .errors import StartupError
 from .logging_setup import setup_logging
+from .workers.launcher import placement_note
 from .workers.rundir import RunDir
 from .workers.supervisor import Supervisor
 
@@ -149,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("model %s: engine=%s (%s), launcher=%s, tensor_parallel_degree=%d, "
                  "listening on %s:%d", config.model_name, config.engine, config.engine_kind,
                  config.launcher, config.tensor_parallel_degree, args.host, port)
+        note = placement_note(config)
+        if note:
+            log.warning("%s", note)
         server = Server(config, listener)
         signal.signal(signal.SIGTERM, server.request_stop)
         signal.signal(signal.SIGINT, server.request_stop)

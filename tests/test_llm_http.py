@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import json
 import random
-import threading
 import time
 
 import pytest

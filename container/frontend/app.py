@@ -101,7 +101,8 @@ def create_app(run_dir: str) -> Flask:
             "workerState": status.state,
             "workerRestarts": status.restarts,
             "workers": [{"id": status.generation, "pid": status.model.get("pid"),
-                         "ranks": status.model.get("ranks"), "status": status.state}],
+                         "ranks": status.model.get("ranks"),
+                         "rankPids": status.model.get("rank_pids"), "status": status.state}],
         }
 
     @app.get("/models")

@@ -78,7 +78,18 @@ def _chain(first, pieces):
     yield from pieces
 
 
+def _errors_as_last_line(body_iter, sse: bool):
+    """Once streaming has begun the status is sent: an error becomes the stream's last line,
+    {"code", "type", "message", "error"}, so clients see why it ended."""
+    try:
+        yield from body_iter
+    except ServingError as error:
+        data = json.dumps(dict(error.body(), error=error.message))
+        yield (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+
+
 def _streaming_response(body_iter, mimetype: str) -> Response:
+    body_iter = _errors_as_last_line(body_iter, mimetype == "text/event-stream")
     response = Response(body_iter, mimetype=mimetype, direct_passthrough=True)
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["Cache-Control"] = "no-cache"

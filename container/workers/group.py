@@ -1,9 +1,12 @@
-"""The process group of a tensor-parallel worker group, and the channel rank 0 drives it with.
+"""Process-group helpers for multi-rank worker groups.
 
-Handlers (DJL's DeepSpeed style) need every rank to see the same Input: rank 0 broadcasts it
-on a gloo group. An idle rank 0 broadcasts a heartbeat, so the other ranks' waits never reach
-the collective timeout while there is simply no traffic; a rank stuck past that timeout (a
-dead peer) raises and takes the group down, and serve restarts it.
+init_process_group joins torch.distributed (NCCL on GPU, gloo on CPU) with a collective
+timeout, so a rank stuck waiting on a dead peer raises and the group is torn down.
+
+GroupChannel carries handler inputs from rank 0 to the other ranks (DJL's DeepSpeed-style
+handlers run handle() on every rank). It uses zmq sockets in the run directory rather than
+torch.distributed, so a user's model.py stays free to set up torch.distributed (or DeepSpeed)
+itself, exactly as it does under DJL.
 """
 
 from __future__ import annotations
@@ -11,15 +14,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import threading
-import time
+import pickle
+
+import zmq
 
 from .dist_env import DistEnv
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_S = 5.0
-_HEARTBEAT = "__heartbeat__"
 
 
 def collective_timeout_s() -> float:
@@ -36,55 +37,39 @@ def init_process_group(dist: DistEnv, backend: str | None = None) -> None:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(dist.local_rank)
+        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
     td.init_process_group(
         backend=backend, rank=dist.rank, world_size=dist.world_size,
         timeout=datetime.timedelta(seconds=collective_timeout_s()))
 
 
 class GroupChannel:
-    def __init__(self, dist: DistEnv, group):
+    """Rank 0 sends each handler Input to every other rank (ROUTER -> DEALERs)."""
+
+    def __init__(self, dist: DistEnv, address: str):
         self.dist = dist
-        self.group = group                      # a gloo group: objects travel on the CPU
-        self._lock = threading.Lock()
-        self._last = time.monotonic()
+        self.context = zmq.Context.instance()
         if dist.rank == 0:
-            threading.Thread(target=self._heartbeat, name="group-heartbeat", daemon=True).start()
+            self.socket = self.context.socket(zmq.ROUTER)
+            self.socket.bind(address)
+            self.peers = []
+            while len(self.peers) < dist.world_size - 1:      # every rank says hello once
+                identity, _ = self.socket.recv_multipart()
+                self.peers.append(identity)
+        else:
+            self.socket = self.context.socket(zmq.DEALER)
+            self.socket.setsockopt(zmq.IDENTITY, f"rank-{dist.rank}".encode())
+            self.socket.connect(address)
+            self.socket.send(b"hello")
 
     @classmethod
-    def create(cls, dist: DistEnv, config=None) -> "GroupChannel":
-        import torch.distributed as td
-
-        init_process_group(dist)
-        group = td.new_group(backend="gloo",
-                             timeout=datetime.timedelta(seconds=collective_timeout_s()))
-        return cls(dist, group)
-
-    def _broadcast(self, payload) -> None:
-        import torch.distributed as td
-
-        with self._lock:
-            td.broadcast_object_list([payload], src=0, group=self.group)
-            self._last = time.monotonic()
+    def create(cls, dist: DistEnv, run_dir, generation: int) -> "GroupChannel":
+        return cls(dist, f"ipc://{run_dir.path / f'group-{generation}.sock'}")
 
     def broadcast_input(self, inputs) -> None:
-        self._broadcast(inputs)
+        payload = pickle.dumps(inputs, protocol=pickle.HIGHEST_PROTOCOL)
+        for peer in self.peers:
+            self.socket.send_multipart([peer, payload])
 
     def receive_input(self):
-        import torch.distributed as td
-
-        while True:
-            box = [None]
-            td.broadcast_object_list(box, src=0, group=self.group)
-            if box[0] != _HEARTBEAT:
-                return box[0]
-
-    def _heartbeat(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_S / 2)
-            if time.monotonic() - self._last >= HEARTBEAT_S:
-                try:
-                    self._broadcast(_HEARTBEAT)
-                except Exception:  # noqa: BLE001 - a broken group: the main loop will fail too
-                    log.exception("heartbeat broadcast failed; exiting")
-                    os._exit(70)
+        return pickle.loads(self.socket.recv())

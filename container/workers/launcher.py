@@ -41,6 +41,8 @@ def build_command(config: ServingConfig, run_dir: str, generation: int,
         "MASTER_PORT": str(master_port or free_port()),
         "PYTHONUNBUFFERED": "1",
     })
+    # Ranks share the cores: without this each would start one thread per core.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // tp)))
     worker = [sys.executable, "-m", WORKER_MODULE]
     if config.launcher == "python":
         return worker, env
@@ -58,3 +60,18 @@ def build_command(config: ServingConfig, run_dir: str, generation: int,
                 argv += ["-x", name]
         return argv + worker, env
     raise ValueError(f"unknown launcher {config.launcher!r}")
+
+
+def placement_note(config: ServingConfig) -> str | None:
+    """Say plainly how the model sits on the GPUs when it does not use all of them."""
+    gpus, tp = config.gpu_count, config.tensor_parallel_degree
+    if gpus <= tp:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+    used, idle = ids[:tp], ids[tp:gpus]
+    return (f"tensor_parallel_degree={tp} uses {tp} of the {gpus} visible GPUs "
+            f"({','.join(used)}); this server runs ONE model copy and leaves GPUs "
+            f"{','.join(idle)} idle. To serve more copies, start another server with "
+            f"CUDA_VISIBLE_DEVICES={','.join(idle[:tp])} and another port; to pin this one, set "
+            "CUDA_VISIBLE_DEVICES")

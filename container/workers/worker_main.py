@@ -35,7 +35,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def build_service(config: ServingConfig, dist: dist_env.DistEnv):
+def build_service(config: ServingConfig, dist: dist_env.DistEnv, run_dir: RunDir,
+                  generation: int):
     kind = config.engine_kind
     if kind == "handler":
         from handlers.model_loader import load_handler
@@ -43,7 +44,7 @@ def build_service(config: ServingConfig, dist: dist_env.DistEnv):
         from .group import GroupChannel
         from .handler_service import HandlerService
 
-        channel = GroupChannel.create(dist, config) if dist.world_size > 1 else None
+        channel = GroupChannel.create(dist, run_dir, generation) if dist.world_size > 1 else None
         handler = load_handler(config.model_dir, config.options)
         service = HandlerService(config, handler, dist.rank, dist.world_size, channel)
         service.initialize()
@@ -71,8 +72,9 @@ def main() -> int:
     dist = dist_env.detect()
     dist_env.export(dist, config.tensor_parallel_degree)
     setup_logging(config.setting("log_level"), f"worker{dist.rank}")
+    run_dir.write_atomic(_pid_path(run_dir, generation, dist.rank), str(os.getpid()))
     try:
-        service = build_service(config, dist)
+        service = build_service(config, dist, run_dir, generation)
     except StartupError as exc:
         return _fail(run_dir, generation, dist, str(exc), exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one line for serve
@@ -84,11 +86,27 @@ def main() -> int:
         return 0
     ipc = IpcServer(run_dir.ipc_address, generation, int(config.setting("job_queue_size")))
     ipc.start()
-    info = dict(service.model_info(), pid=os.getpid(), ranks=dist.world_size)
+    info = dict(service.model_info(), pid=os.getpid(), ranks=dist.world_size,
+                rank_pids=_rank_pids(run_dir, generation, dist.world_size))
     run_dir.write_atomic(run_dir.ready_path(generation), json.dumps(info))
     log.info("worker ready (generation %d)", generation)
     service.serve(ipc)
     return 0
+
+
+def _pid_path(run_dir: RunDir, generation: int, rank: int):
+    return run_dir.path / f"rank-{generation}-{rank}.pid"
+
+
+def _rank_pids(run_dir: RunDir, generation: int, world_size: int) -> list[int | None]:
+    """Every rank's pid (each wrote it at start), for operators and fault tests."""
+    pids = []
+    for rank in range(world_size):
+        try:
+            pids.append(int(_pid_path(run_dir, generation, rank).read_text()))
+        except (OSError, ValueError):
+            pids.append(None)
+    return pids
 
 
 def _fail(run_dir: RunDir, generation: int, dist, message: str, code: int) -> int:
