@@ -64,18 +64,26 @@ class StepPlan:
         return cls(np.concatenate([header, input_ids, positions, slots, query_start, seq_lens,
                                    tables.ravel(), np.asarray(logits_rows, np.int64)]))
 
-    def unpack(self) -> dict[str, np.ndarray | int]:
-        d = self.data
-        num_tokens, num_seqs, max_blocks, num_logits, num_decode = (int(x) for x in d[:_HEADER])
+    def layout(self) -> dict[str, tuple[int, int]]:
+        """name -> (start, size) of each array inside `data`, plus the header counts."""
+        num_tokens, num_seqs, max_blocks, num_logits, num_decode = (int(x) for x in self.data[:_HEADER])
         out, cursor = {}, _HEADER
         for name, size in (("input_ids", num_tokens), ("positions", num_tokens),
                            ("slots", num_tokens), ("query_start", num_seqs + 1),
                            ("seq_lens", num_seqs), ("tables", num_seqs * max_blocks),
                            ("logits_rows", num_logits)):
-            out[name] = d[cursor:cursor + size]
+            out[name] = (cursor, size)
             cursor += size
-        out["tables"] = out["tables"].reshape(num_seqs, max_blocks)
-        out["num_decode"] = num_decode
+        out["shape"] = (num_seqs, max_blocks)
+        out["num_decode"] = (num_decode, 0)
+        return out
+
+    def unpack(self) -> dict[str, np.ndarray | int]:
+        layout = self.layout()
+        out = {name: self.data[start:start + size] for name, (start, size) in layout.items()
+               if name not in ("shape", "num_decode")}
+        out["tables"] = out["tables"].reshape(layout["shape"])
+        out["num_decode"] = layout["num_decode"][0]
         return out
 
 
@@ -107,6 +115,12 @@ class ModelRunner:
         load_weights(self.model, weights)
         self.model.eval()
         self.kv_caches: list[torch.Tensor] = []
+        self.graphs = None                     # cuda_graphs.DecodeGraphs once captured
+        self.sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
+                         if device.type == "cuda" else 1)
+        from .kernels.workspace import DecodeWorkspace
+
+        self.decode_workspace = DecodeWorkspace()
 
     @property
     def local_kv_heads(self) -> int:
@@ -118,35 +132,70 @@ class ModelRunner:
                 * self.config.head_dim * element)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        shape = (2, num_blocks, self.block_size, self.local_kv_heads, self.config.head_dim)
+        """num_blocks usable blocks plus one scratch block that padded graph rows write to."""
+        self.scratch_slot = num_blocks * self.block_size
+        shape = (2, num_blocks + 1, self.block_size, self.local_kv_heads, self.config.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
                           for _ in range(self.config.num_layers)]
 
-    def _tensors(self, plan: StepPlan):
-        parts = plan.unpack()
-        dev = self.device
+    def capture_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """GPU: record decode steps as CUDA graphs (one per batch-size bucket)."""
+        from .cuda_graphs import DecodeGraphs
 
-        def t(name, dtype=torch.int64):
-            return torch.from_numpy(np.ascontiguousarray(parts[name])).to(dev, dtype, non_blocking=True)
+        self.graphs = DecodeGraphs(self, max_batch, -(-max_model_len // self.block_size))
+        self.graphs.capture()
 
-        seq_lens = parts["seq_lens"]
-        query_start = parts["query_start"]
+    def prepare(self, plan: StepPlan) -> "PreparedStep":
+        """Device tensors for a step: the plan goes over in one copy and is sliced there."""
+        layout = plan.layout()
+        host = torch.from_numpy(plan.data)
+        data = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+
+        def view(name):
+            start, size = layout[name]
+            return data[start:start + size]
+
+        num_seqs, max_blocks = layout["shape"]
+        num_decode = layout["num_decode"][0]
+        start, size = layout["query_start"]
+        query_start = plan.data[start:start + size]
+        start, size = layout["seq_lens"]
+        seq_lens = plan.data[start:start + size]
+        max_query_len = int(np.diff(query_start).max()) if num_seqs else 0
+        decode_only = num_decode == num_seqs and max_query_len == 1
+        max_seq_len = int(seq_lens.max()) if num_seqs else 0
         meta = AttentionMetadata(
-            slot_mapping=t("slots"),
-            query_start_loc=t("query_start", torch.int32),
-            seq_lens=t("seq_lens", torch.int32),
-            block_tables=t("tables", torch.int32),
-            max_query_len=int(np.diff(query_start).max()) if len(seq_lens) else 0,
-            max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
-            query_start_host=query_start.tolist(),
-            seq_lens_host=seq_lens.tolist(),
-            num_decode=parts["num_decode"],
-        )
-        return t("input_ids"), t("positions"), meta, t("logits_rows")
+            slot_mapping=view("slots"), query_start_loc=view("query_start"),
+            seq_lens=view("seq_lens"), block_tables=view("tables").view(num_seqs, max_blocks),
+            max_query_len=max_query_len, max_seq_len=max_seq_len,
+            query_start_host=query_start.tolist() if self.device.type == "cpu" else None,
+            seq_lens_host=seq_lens.tolist() if self.device.type == "cpu" else None,
+            num_decode=num_decode, decode_only=decode_only,
+            decode_splits=self.decode_splits(num_seqs, max_seq_len),
+            workspace=self.decode_workspace)
+        return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
+                            num_seqs, max_blocks)
+
+    def decode_splits(self, batch: int, max_seq_len: int) -> int:
+        from .kernels.workspace import decode_splits
+
+        return decode_splits(batch, self.local_kv_heads, max_seq_len, self.sm_count)
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> torch.Tensor:
         """Run one step on this rank's shard; logits [num_logits, vocab] (every rank)."""
-        input_ids, positions, meta, logits_rows = self._tensors(plan)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)
-        return self.model.compute_logits(hidden[logits_rows])
+        step = self.prepare(plan)
+        if self.graphs is not None and step.meta.decode_only and self.graphs.fits(step):
+            return self.graphs.replay(step)
+        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
+        return self.model.compute_logits(hidden[step.logits_rows])
+
+
+@dataclass
+class PreparedStep:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_rows: torch.Tensor
+    num_seqs: int
+    max_blocks: int

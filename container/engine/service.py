@@ -116,6 +116,9 @@ class NativeService:
         self.runner.allocate_kv_cache(blocks)
         block_size = self.runner.block_size
         self.max_model_len = min(max_len, blocks * block_size)
+        if device.type == "cuda" and not self.options.enforce_eager:
+            self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
+                                       self.max_model_len)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
                  "(%.2f GiB), max_model_len %d", time.monotonic() - started, device, dtype,
                  tp.size, blocks, block_size,

@@ -26,9 +26,12 @@ class AttentionMetadata:
     max_query_len: int
     max_seq_len: int
     # host copies, for the per-sequence loop of the torch backend
-    query_start_host: list[int]
-    seq_lens_host: list[int]
+    query_start_host: list[int] | None
+    seq_lens_host: list[int] | None
     num_decode: int = 0               # the first num_decode sequences have one query token
+    decode_only: bool = False         # every sequence has one query token (GPU: split-KV kernel)
+    decode_splits: int = 1
+    workspace: object = None          # kernels.paged_attention.DecodeWorkspace on GPU
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -72,3 +75,22 @@ class TorchPagedAttention:
             q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
             attn_mask=mask, scale=self.scale, enable_gqa=True)
         return out.transpose(0, 1)
+
+
+class TritonPagedAttention:
+    """GPU backend: Triton kernels (kernels/paged_attention.py). K/V are already in the cache
+    (written by the fused rotary kernel), so this only attends."""
+
+    name = "triton"
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata):
+        from ..kernels.paged_attention import paged_decode, paged_prefill
+
+        if meta.decode_only:
+            return paged_decode(q, kv_cache, meta.block_tables, meta.seq_lens, self.scale,
+                                meta.decode_splits, meta.workspace)
+        return paged_prefill(q, kv_cache, meta.block_tables, meta.seq_lens,
+                             meta.query_start_loc, meta.max_query_len, self.scale)

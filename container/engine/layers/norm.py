@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..kernels import gpu_kernels
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
@@ -14,6 +16,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """Without residual: norm(x). With residual: (norm(x + residual), x + residual)."""
+        fused = gpu_kernels(x)
+        if fused:
+            out, new_residual = fused.rms_norm(x, self.weight, self.eps, residual)
+            return out if residual is None else (out, new_residual)
         if residual is not None:
             x = x + residual
             residual = x

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.attention import AttentionMetadata, TorchPagedAttention
+from ..kernels import gpu_kernels
+from ..layers.attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
@@ -31,7 +32,8 @@ class LlamaAttention(nn.Module):
                                         bias=config.o_bias, tp=tp,
                                         input_piece=self.qkv_proj.q_rows)
         self.rotary = rotary
-        self.backend = TorchPagedAttention(config.head_dim ** -0.5)
+        self.torch_backend = TorchPagedAttention(config.head_dim ** -0.5)
+        self.triton_backend = TritonPagedAttention(config.head_dim ** -0.5)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
         tokens = hidden.shape[0]
@@ -41,8 +43,14 @@ class LlamaAttention(nn.Module):
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
-        out = self.backend(q, k, v, kv_cache, meta)
+        fused = gpu_kernels(hidden)
+        if fused:
+            fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
+                                 meta.slot_mapping)
+            out = self.triton_backend(q, kv_cache, meta)
+        else:
+            q, k = self.rotary(positions, q, k)
+            out = self.torch_backend(q, k, v, kv_cache, meta)
         return self.o_proj(out.reshape(tokens, q_size))
 
 
@@ -55,7 +63,11 @@ class LlamaMLP(nn.Module):
                                            input_piece=self.gate_up_proj.pieces[0])
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        fused = gpu_kernels(x)
+        if fused:
+            return self.down_proj(fused.silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(torch.nn.functional.silu(gate) * up)
 
 

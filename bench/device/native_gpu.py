@@ -1,0 +1,218 @@
+"""GPU benchmark of the native engine, all in one run (for the lent H100/H200 machines).
+
+    python3 bench/device/native_gpu.py [phases...]     phases: env tests ckpt serve offline
+
+env      measured ceilings: device copy bandwidth (bytes read + written) and bf16 matmul rate
+tests    tests/test_gpu.py (logits vs transformers, fast path vs reference path)
+ckpt     a random bf16 checkpoint in Llama-3.1-8B's shape (DESIGN.md §6), saved as sharded
+         safetensors, with a word-level tokenizer ("w<id>" per token: exact prompt lengths)
+serve    `serve` + the HTTP load generator: W1 (batch 1, 128/256), W3 (100 users, 256/128),
+         W2 (500 requests at once, 467/256); and load time to first token
+offline  W4: the engine in-process, 256 x 128/128, next to transformers generate_batch;
+         generate at batch 1 (128/256) and 64 (128/128); transformers load + first generate
+
+Figures are saved as JSON under $OUT (or bench/results) and printed as a table at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+CKPT = Path(os.environ.get("CKPT_DIR", "/tmp/llama8b"))
+SUMMARY: dict = {}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def phase_env() -> None:
+    import torch
+    import triton
+
+    device = torch.cuda.get_device_name()
+    n = 1 << 30                                     # 2 GiB of bf16: several times the L2
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / 20
+    copy_tbs = 2 * src.numel() * 2 / seconds / 1e12
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    tflops = 2 * 8192 ** 3 / (start.elapsed_time(end) / 1000 / 10) / 1e12
+    del src, dst, a, b
+    torch.cuda.empty_cache()
+    SUMMARY["env"] = {"device": device, "torch": torch.__version__, "triton": triton.__version__,
+                      "copy_TBps": copy_tbs, "bf16_matmul_TFLOPs": tflops}
+    log(f"env: {SUMMARY['env']}")
+
+
+def phase_tests() -> None:
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "tests/test_gpu.py",
+                            "-p", "no:cacheprovider"], cwd=REPO)
+    SUMMARY["gpu_tests"] = "passed" if code == 0 else f"FAILED ({code})"
+    log(f"gpu tests: {SUMMARY['gpu_tests']}")
+    if code != 0:
+        finish()
+        sys.exit(code)
+
+
+def word_tokenizer(directory: Path, vocab: int) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": None}))
+
+
+def phase_ckpt() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (CKPT / "model.safetensors.index.json").exists():
+        log(f"checkpoint already at {CKPT}")
+        return
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                           "original_max_position_embeddings": 8192},
+        tie_word_embeddings=False, eos_token_id=None, bos_token_id=None)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    CKPT.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(CKPT, max_shard_size="4GB")
+    word_tokenizer(CKPT, config.vocab_size)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    del model
+    torch.cuda.empty_cache()
+    SUMMARY["checkpoint"] = {"weights_GB": weights / 1e9, "build_s": time.perf_counter() - started}
+    log(f"checkpoint: {SUMMARY['checkpoint']}")
+
+
+def _bench(label: str, args: list[str]) -> dict:
+    command = [sys.executable, "-m", "container.bench", "--url", "http://127.0.0.1:8080",
+               "--tokenizer", str(CKPT), "--results-dir", str(OUT), "--label", label,
+               "--engine", "native", *args]
+    log(" ".join(command[2:]))
+    subprocess.call(command, cwd=REPO)
+    path = OUT / f"{label}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def phase_serve() -> None:
+    import requests
+
+    env = dict(os.environ, OPTION_MAX_ROLLING_BATCH_SIZE="512", OPTION_MAX_MODEL_LEN="2048",
+               OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS="8192", SERVING_FRONTEND_WORKERS="8",
+               SERVING_JOB_QUEUE_SIZE="4000", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "container", "--model-dir", str(CKPT),
+                               "--port", "8080", "--host", "127.0.0.1"], cwd="/tmp", env=env)
+    first_token = None
+    try:
+        while time.perf_counter() - started < 600:
+            if server.poll() is not None:
+                raise SystemExit(f"serve exited with {server.returncode}")
+            try:
+                r = requests.post("http://127.0.0.1:8080/invocations", json={
+                    "inputs": "w1 w2 w3", "parameters": {"max_new_tokens": 1}}, timeout=5)
+                if r.status_code == 200:
+                    first_token = time.perf_counter() - started
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        SUMMARY["serve_start_to_first_token_s"] = first_token
+        log(f"serve start to first token: {first_token:.1f} s")
+        w1 = _bench("W1_batch1_128in_256out", ["--concurrency", "1", "--num-prompts", "4",
+                                                "--input-len", "128", "--output-len", "256"])
+        w3 = _bench("W3_100users_256in_128out", ["--concurrency", "100", "--num-prompts", "300",
+                                                  "--input-len", "256", "--output-len", "128"])
+        w2 = _bench("W2_500req_467in_256out", ["--concurrency", "500", "--num-prompts", "500",
+                                                "--input-len", "467", "--output-len", "256",
+                                                "--warmup", "0"])
+        for name, report in (("W1", w1), ("W2", w2), ("W3", w3)):
+            if report.get("levels"):
+                SUMMARY[name] = report["levels"][0]
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def phase_offline() -> None:
+    command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
+               "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
+               "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
+               "--option", "max_rolling_batch_prefill_tokens=8192",
+               "--peers", "generate_batch", "--label", "W4_offline_256x128_128",
+               "--results-dir", str(OUT)]
+    subprocess.call(command, cwd=REPO)
+    path = OUT / "W4_offline_256x128_128.json"
+    if path.exists():
+        SUMMARY["W4"] = json.loads(path.read_text())["results"]
+    command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
+               "--num-prompts", "1", "--input-len", "128", "--output-len", "256",
+               "--option", "max_model_len=2048", "--peers", "generate", "--peer-batch", "1",
+               "--label", "peer_generate_bs1_128_256", "--results-dir", str(OUT)]
+    subprocess.call(command, cwd=REPO)
+    command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
+               "--num-prompts", "64", "--input-len", "128", "--output-len", "128",
+               "--option", "max_model_len=2048", "--peers", "generate", "--peer-batch", "64",
+               "--label", "peer_generate_bs64_128_128", "--results-dir", str(OUT)]
+    subprocess.call(command, cwd=REPO)
+    for label in ("peer_generate_bs1_128_256", "peer_generate_bs64_128_128"):
+        path = OUT / f"{label}.json"
+        if path.exists():
+            SUMMARY[label] = json.loads(path.read_text())["results"]
+
+
+def finish() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    weights = SUMMARY.get("checkpoint", {}).get("weights_GB") or 16.06
+    copy = SUMMARY.get("env", {}).get("copy_TBps")
+    if copy:
+        SUMMARY["roofline_batch1_tok_s"] = copy * 1e12 / (weights * 1e9)
+    (OUT / "native_gpu_summary.json").write_text(json.dumps(SUMMARY, indent=2, default=str))
+    print(json.dumps(SUMMARY, indent=1, default=str)[-6000:])
+
+
+if __name__ == "__main__":
+    phases = sys.argv[1:] or ["env", "tests", "ckpt", "serve", "offline"]
+    OUT.mkdir(parents=True, exist_ok=True)
+    try:
+        for phase in phases:
+            log(f"== {phase}")
+            globals()[f"phase_{phase}"]()
+    finally:
+        finish()

@@ -1,0 +1,174 @@
+"""Offline benchmark: the native engine in-process (no HTTP), next to transformers' peers.
+
+`python -m container.bench.offline --model-dir DIR --num-prompts 256 --input-len 128
+--output-len 128 --peers generate_batch` prints output tok/s for our engine and for
+transformers' generate (static batch) / generate_batch (continuous batching) on the same
+prompts, and saves JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import time
+
+from .results import device_name, save, table
+
+
+def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
+               options: dict[str, str]) -> dict:
+    from ..config.loader import load_config
+    from ..engine.service import NativeService
+    from ..workers.dist_env import DistEnv
+    from ..workers.protocol import SamplingParams
+
+    env = {f"OPTION_{k.upper()}": v for k, v in options.items()}
+    env.setdefault("OPTION_TENSOR_PARALLEL_DEGREE", "1")
+    started = time.perf_counter()
+    service = NativeService(load_config(model_dir, env), DistEnv(0, 1, 0, 1))
+    load_s = time.perf_counter() - started
+    engine = service.engine
+    sampling = SamplingParams(max_new_tokens=output_len, ignore_eos=True)
+    for warm in range(2):                                   # compile kernels, first touches
+        engine.add_request(f"warm{warm}", prompts[warm], SamplingParams(max_new_tokens=4))
+    while engine.has_work():
+        engine.step()
+    _sync()
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, sampling)
+    produced = 0
+    steps = 0
+    while engine.has_work():
+        produced += sum(len(o.new_token_ids) for o in engine.step())
+        steps += 1
+    _sync()
+    elapsed = time.perf_counter() - started
+    result = {"name": "native engine", "output_tokens": produced, "seconds": elapsed,
+              "output_tokens_per_s": produced / elapsed, "steps": steps, "load_s": load_s}
+    del service, engine
+    _release()
+    return result
+
+
+def transformers_peer(model_dir: str, prompts: list[list[int]], output_len: int, kind: str,
+                      batch: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    cuda = torch.cuda.is_available()
+    started = time.perf_counter()
+    attention = "paged|sdpa" if kind == "generate_batch" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+        attn_implementation=attention, device_map="cuda" if cuda else None).eval()
+    load_s = time.perf_counter() - started
+    config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
+                              do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        if kind == "generate_batch":
+            model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(
+                max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0))
+            _sync()
+            started = time.perf_counter()
+            outputs = model.generate_batch(inputs=prompts, generation_config=config)
+            _sync()
+            elapsed = time.perf_counter() - started
+            produced = sum(len(o.generated_tokens) for o in outputs.values())
+        else:
+            produced, elapsed = 0, 0.0
+            device = "cuda" if cuda else "cpu"
+            for start in range(0, len(prompts), batch):
+                chunk = prompts[start:start + batch]
+                width = max(len(p) for p in chunk)
+                ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                                    device=device)
+                if start == 0:
+                    model.generate(input_ids=ids[:, :8], attention_mask=mask[:, :8],
+                                   max_new_tokens=2, do_sample=False, pad_token_id=0)
+                _sync()
+                began = time.perf_counter()
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                _sync()
+                elapsed += time.perf_counter() - began
+                produced += (out.shape[1] - width) * len(chunk)
+    del model
+    _release()
+    return {"name": f"transformers {kind}" + (f" (batch {batch})" if kind == "generate" else ""),
+            "output_tokens": produced, "seconds": elapsed,
+            "output_tokens_per_s": produced / elapsed, "load_s": load_s}
+
+
+def _sync():
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    except ImportError:
+        pass
+
+
+def _release():
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def random_token_prompts(vocab: int, count: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, vocab) for _ in range(length)] for _ in range(count)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m container.bench.offline")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--num-prompts", type=int, default=256)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--option", action="append", default=[], help="engine option key=value")
+    p.add_argument("--peers", default="", help="comma list: generate, generate_batch")
+    p.add_argument("--peer-batch", type=int, default=64)
+    p.add_argument("--label", default="offline")
+    p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", "bench/results"))
+    args = p.parse_args(argv)
+    from ..engine.model_config import ModelConfig
+
+    vocab = ModelConfig.from_dir(args.model_dir).vocab_size
+    prompts = random_token_prompts(vocab, args.num_prompts, args.input_len)
+    options = dict(item.split("=", 1) for item in args.option)
+    rows = [our_engine(args.model_dir, prompts, args.output_len, options)]
+    for peer in filter(None, args.peers.split(",")):
+        try:
+            rows.append(transformers_peer(args.model_dir, prompts, args.output_len, peer,
+                                          args.peer_batch))
+        except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
+            rows.append({"name": f"transformers {peer}", "error": f"{type(exc).__name__}: {exc}"})
+    ours = rows[0]["output_tokens_per_s"]
+    for row in rows:
+        if row.get("output_tokens_per_s"):
+            row["ours_vs_this"] = ours / row["output_tokens_per_s"]
+    report = {"label": args.label, "device": device_name(), "mode": "offline",
+              "workload": {"num_prompts": args.num_prompts, "input_len": args.input_len,
+                           "output_len": args.output_len}, "options": options, "results": rows}
+    path = save(report, args.results_dir, args.label)
+    print(f"# {args.label} on {report['device']}: {args.num_prompts} requests, "
+          f"{args.input_len} in / {args.output_len} out")
+    print(table(rows, [("engine", "name"), ("out tok/s", "output_tokens_per_s"),
+                       ("seconds", "seconds"), ("load s", "load_s"), ("ours / this", "ours_vs_this"),
+                       ("error", "error")]))
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Triton kernels for attention over the paged KV cache (GPU path).
+
+KV cache layout (per layer): [2, num_blocks, block_size, kv_heads, head_dim]. Both kernels
+process a whole GQA group per program (the query heads that share one KV head), so K and V
+are read once per group.
+
+- paged_prefill: any mix of new-prompt chunks and decodes, in flattened varlen form. Query
+  token i of sequence b sits at position seq_len - q_len + i and sees keys 0..that position,
+  including a cached prefix (chunked prefill, prefix caching).
+- paged_decode: one query token per sequence, the KV range split across programs
+  (flash-decoding) so a small batch still fills the GPU; a second kernel merges the splits.
+  The grid depends only on the batch size, so it can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .workspace import DecodeWorkspace
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
+    scale,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_ot, stride_oh,
+    stride_bt,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    tile = tl.program_id(2)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    if tile * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context = seq_len - q_len                          # tokens cached before this chunk
+
+    # rows = (query position within tile, head within group), flattened
+    rows = tl.arange(0, BLOCK_M * GROUP_PAD)
+    q_pos = tile * BLOCK_M + rows // GROUP_PAD
+    head = rows % GROUP_PAD
+    row_ok = (q_pos < q_len) & (head < GROUP)
+    dims = tl.arange(0, DIM_PAD)
+    dim_ok = dims < HEAD_DIM
+    q_heads = kv_head * GROUP + head
+    q = tl.load(q_ptr + (q_start + q_pos)[:, None] * stride_qt + q_heads[:, None] * stride_qh
+                + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M * GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M * GROUP_PAD], tl.float32)
+    acc = tl.zeros([BLOCK_M * GROUP_PAD, DIM_PAD], tl.float32)
+    absolute = context + q_pos                          # each row's own position
+    last_key = tl.minimum(context + (tile + 1) * BLOCK_M, seq_len)
+    for start in range(0, last_key, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        key_ok = keys < seq_len
+        page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
+        offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
+        k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale
+        visible = (keys[None, :] <= absolute[:, None]) & key_ok[None, :]
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_ptr + (q_start + q_pos)[:, None] * stride_ot + q_heads[:, None] * stride_oh
+             + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
+    partial_out_ptr, partial_max_ptr, partial_sum_ptr,
+    scale,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_bt,
+    stride_pt, stride_ph, stride_ps,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    chunk = tl.cdiv(tl.cdiv(seq_len, SPLITS), BLOCK_N) * BLOCK_N
+    begin = split * chunk
+    end = tl.minimum(begin + chunk, seq_len)
+
+    heads = tl.arange(0, GROUP_PAD)
+    head_ok = heads < GROUP
+    dims = tl.arange(0, DIM_PAD)
+    dim_ok = dims < HEAD_DIM
+    q_heads = kv_head * GROUP + heads
+    q = tl.load(q_ptr + seq * stride_qt + q_heads[:, None] * stride_qh + dims[None, :],
+                mask=head_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    for start in range(begin, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        key_ok = keys < end
+        page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
+        offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
+        k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
+        scores = tl.sum(q[:, None, :] * k[None, :, :], 2) * scale
+        scores = tl.where(key_ok[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(scores - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
+        m_i = m_new
+    base = seq * stride_pt + q_heads * stride_ph + split * stride_ps
+    tl.store(partial_max_ptr + base, m_i, mask=head_ok)
+    tl.store(partial_sum_ptr + base, l_i, mask=head_ok)
+    tl.store(partial_out_ptr + base[:, None] * HEAD_DIM + dims[None, :], acc,
+             mask=head_ok[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _decode_merge_kernel(
+    partial_out_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
+    stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS_PAD)
+    split_ok = splits < SPLITS
+    dims = tl.arange(0, DIM_PAD)
+    dim_ok = dims < HEAD_DIM
+    base = seq * stride_pt + head * stride_ph + splits * stride_ps
+    maxima = tl.load(partial_max_ptr + base, mask=split_ok, other=float("-inf"))
+    sums = tl.load(partial_sum_ptr + base, mask=split_ok, other=0.0)
+    overall = tl.max(maxima, 0)
+    overall = tl.where(overall == float("-inf"), 0.0, overall)
+    weights = tl.where(split_ok & (sums > 0), tl.exp(maxima - overall), 0.0)
+    parts = tl.load(partial_out_ptr + base[:, None] * HEAD_DIM + dims[None, :],
+                    mask=split_ok[:, None] & dim_ok[None, :], other=0.0)
+    total = tl.sum(sums * weights, 0)
+    out = tl.sum(parts * weights[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+             mask=dim_ok)
+
+
+def _pad(n: int) -> int:
+    return max(1, 1 << (n - 1).bit_length())
+
+
+def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                  seq_lens: torch.Tensor, query_start_loc: torch.Tensor, max_query_len: int,
+                  scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """q [T, Hq, D] -> [T, Hq, D]; KV of the new tokens must already be in the cache."""
+    tokens, q_heads, dim = q.shape
+    _, _, page, kv_heads, _ = kv_cache.shape
+    group = q_heads // kv_heads
+    out = torch.empty_like(q) if out is None else out
+    group_pad = _pad(group)
+    block_m = max(64 // group_pad, 1)          # ~64 rows (positions x heads) per program
+    block_n = 32 if dim <= 128 else 16
+    grid = (seq_lens.shape[0], kv_heads, triton.cdiv(max_query_len, block_m))
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, seq_lens, query_start_loc, scale,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        out.stride(0), out.stride(1), block_tables.stride(0),
+        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2)
+    return out
+
+
+def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                 seq_lens: torch.Tensor, scale: float, splits: int,
+                 workspace: DecodeWorkspace, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One query token per sequence: q [B, Hq, D] -> [B, Hq, D]."""
+    batch, q_heads, dim = q.shape
+    _, _, page, kv_heads, _ = kv_cache.shape
+    group = q_heads // kv_heads
+    out = torch.empty_like(q) if out is None else out
+    partial, maxima, sums = workspace.get(batch, q_heads, splits, dim, q.device)
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    _decode_split_kernel[(batch, kv_heads, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, partial, maxima, sums, scale,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0),
+        maxima.stride(0), maxima.stride(1), maxima.stride(2),
+        GROUP=group, GROUP_PAD=_pad(group), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
+        BLOCK_N=32, SPLITS=splits, num_warps=4)
+    _decode_merge_kernel[(batch, q_heads)](
+        partial, maxima, sums, out,
+        maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
+        HEAD_DIM=dim, DIM_PAD=_pad(dim), SPLITS=splits, SPLITS_PAD=_pad(splits), num_warps=4)
+    return out

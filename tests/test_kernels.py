@@ -1,0 +1,126 @@
+"""The GPU path's Triton kernels, run on the CPU by Triton's interpreter, against the PyTorch
+reference path (and, for the whole model, against transformers)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import triton_interpreter
+
+if not triton_interpreter.enable():
+    pytest.fail("triton is not installed: the kernel tests need it (pip install triton)")
+
+from container.engine.kernels import fused  # noqa: E402
+from container.engine.kernels.paged_attention import paged_decode, paged_prefill  # noqa: E402
+from container.engine.kernels.workspace import DecodeWorkspace  # noqa: E402
+from container.engine.layers.attention import (AttentionMetadata, TorchPagedAttention,  # noqa: E402
+                                               write_kv)
+from container.engine.layers.rotary import RotaryEmbedding  # noqa: E402
+
+
+def paged_case(group, kv_heads, dim, page, lens, query_lens, seed=0):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    q_heads, blocks = group * kv_heads, 64
+    cache = torch.randn(2, blocks, page, kv_heads, dim)
+    pages = list(range(blocks))
+    rng.shuffle(pages)
+    tables = torch.zeros(len(lens), max(-(-n // page) for n in lens), dtype=torch.int64)
+    used = 0
+    for i, n in enumerate(lens):
+        count = -(-n // page)
+        tables[i, :count] = torch.tensor(pages[used:used + count])
+        used += count
+    starts = [0]
+    for n in query_lens:
+        starts.append(starts[-1] + n)
+    slots = [int(tables[i, p // page]) * page + p % page
+             for i, (n, m) in enumerate(zip(lens, query_lens)) for p in range(n - m, n)]
+    meta = AttentionMetadata(torch.tensor(slots), torch.tensor(starts), torch.tensor(lens),
+                             tables, max(query_lens), max(lens), starts, lens)
+    q = torch.randn(starts[-1], q_heads, dim)
+    k = torch.randn(starts[-1], kv_heads, dim)
+    v = torch.randn(starts[-1], kv_heads, dim)
+    return cache, meta, q, k, v
+
+
+@pytest.mark.parametrize("group, kv_heads, dim, page, lens, query_lens", [
+    (4, 2, 64, 16, [37, 5, 100], [37, 2, 30]),       # prompts, a chunk after a cached prefix
+    (3, 3, 64, 8, [20, 9], [4, 9]),                  # a GQA group that is not a power of two
+    (1, 2, 32, 16, [1, 33], [1, 16]),
+    (4, 2, 64, 16, [37, 5, 100, 1], [1, 1, 1, 1]),   # pure decode
+    (3, 1, 64, 8, [70, 3], [1, 1]),
+])
+def test_paged_attention_kernels_match_the_reference(group, kv_heads, dim, page, lens, query_lens):
+    cache, meta, q, k, v = paged_case(group, kv_heads, dim, page, lens, query_lens)
+    scale = dim ** -0.5
+    reference = TorchPagedAttention(scale)(q, k, v, cache.clone(), meta)
+    write_kv(cache, k, v, meta.slot_mapping)
+    out = paged_prefill(q, cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+                        meta.max_query_len, scale)
+    assert torch.allclose(out, reference, atol=1e-4), (out - reference).abs().max()
+    if max(query_lens) == 1:
+        for splits in (1, 3, 8):
+            decoded = paged_decode(q, cache, meta.block_tables, meta.seq_lens, scale, splits,
+                                   DecodeWorkspace())
+            assert torch.allclose(decoded, reference, atol=1e-4), splits
+
+
+def test_decode_kernel_ignores_padding_rows():
+    cache, meta, q, k, v = paged_case(2, 2, 32, 8, [9, 0], [1, 1])
+    write_kv(cache, k[:1], v[:1], meta.slot_mapping[:1])
+    out = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.2, 4, DecodeWorkspace())
+    assert torch.isfinite(out).all() and out[1].abs().max() == 0
+
+
+def test_fused_rms_norm_matches_pytorch():
+    from container.engine.layers.norm import RMSNorm
+
+    norm = RMSNorm(96, 1e-5)
+    norm.weight.data = torch.randn(96)
+    x, residual = torch.randn(5, 96), torch.randn(5, 96)
+    out, new_residual = fused.rms_norm(x, norm.weight, 1e-5, residual)
+    expected = x + residual
+    reference = norm.weight * (expected * torch.rsqrt(expected.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert torch.allclose(new_residual, expected) and torch.allclose(out, reference, atol=1e-5)
+    alone, _ = fused.rms_norm(x, norm.weight, 1e-5)
+    assert torch.allclose(alone, norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)),
+                          atol=1e-5)
+
+
+def test_fused_rope_and_cache_write_match_pytorch():
+    rotary = RotaryEmbedding(64, 128, 10000.0, {"rope_type": "llama3", "factor": 8.0,
+                                                 "original_max_position_embeddings": 32})
+    tokens, q_heads, kv_heads, page = 7, 6, 2, 8
+    q, k, v = torch.randn(tokens, q_heads, 64), torch.randn(tokens, kv_heads, 64), torch.randn(tokens, kv_heads, 64)
+    positions = torch.tensor([0, 1, 2, 50, 51, 90, 127])
+    slots = torch.tensor([3, 4, 5, 17, 18, 30, 9])
+    cache = torch.zeros(2, 5, page, kv_heads, 64)
+    expected_cache = cache.clone()
+    q_ref, k_ref = rotary(positions, q, k)
+    write_kv(expected_cache, k_ref, v, slots)
+    fused.rope_and_cache(q, k, v, positions, rotary.cos, rotary.sin, cache, slots)
+    assert torch.allclose(q, q_ref, atol=1e-5)
+    assert torch.allclose(cache, expected_cache, atol=1e-5)
+
+
+def test_fused_silu_and_mul():
+    x = torch.randn(3, 2 * 1500)
+    gate, up = x.chunk(2, dim=-1)
+    assert torch.allclose(fused.silu_and_mul(x), torch.nn.functional.silu(gate) * up, atol=1e-5)
+
+
+def test_whole_engine_on_the_kernel_path_matches_transformers(monkeypatch, tmp_path):
+    from container.engine.model_config import ModelConfig
+    from test_engine import make_engine, random_prompts, run_staggered
+    from tiny_models import build_model, reference_greedy
+
+    monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1")
+    model_dir = build_model(tmp_path / "m", "llama")
+    prompts = random_prompts(ModelConfig.from_dir(model_dir).vocab_size, count=6)
+    engine = make_engine(model_dir, num_blocks=12, budget=24)
+    assert run_staggered(engine, prompts, 6) == reference_greedy(model_dir, prompts, 6)
+    assert engine.scheduler.total_preemptions > 0
