@@ -3,7 +3,6 @@ PyTorch reference path. Needs an NVIDIA GPU; skipped cleanly where there is none
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
