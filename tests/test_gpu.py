@@ -73,6 +73,21 @@ def _prompts(vocab, count=6, seed=0):
     return [torch.randint(1, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
+def _last_logits(engine, prompt):
+    """Our logits for the prompt's last token: one prefill step straight through the runner."""
+    from container.engine.model_runner import StepPlan
+    from container.engine.scheduler import ScheduledSeq
+    from container.engine.sequence import Sequence
+    from container.workers.protocol import SamplingParams
+
+    seq = Sequence("probe", prompt, SamplingParams(max_new_tokens=1))
+    engine.scheduler.blocks.allocate(seq, len(prompt))
+    plan = StepPlan.build([ScheduledSeq(seq, len(prompt))], engine.runner.block_size)
+    logits = engine.runner.execute(plan)[0].float()
+    engine.scheduler.blocks.free(seq)
+    return logits
+
+
 def test_last_token_logits_match_transformers_within_bf16_tolerance(gpu_model):
     from transformers import AutoModelForCausalLM
 
@@ -80,15 +95,15 @@ def test_last_token_logits_match_transformers_within_bf16_tolerance(gpu_model):
 
     reference = AutoModelForCausalLM.from_pretrained(gpu_model, dtype=torch.bfloat16).cuda().eval()
     engine = _engine(gpu_model)
-    prompts = _prompts(ModelConfig.from_dir(gpu_model).vocab_size)
-    ours, our_logprobs = _greedy(engine, prompts, 1)
-    for prompt, token, logprob in zip(prompts, ours, our_logprobs):
+    for prompt in _prompts(ModelConfig.from_dir(gpu_model).vocab_size):
         with torch.no_grad():
-            logits = reference(torch.tensor([prompt], device="cuda")).logits[0, -1].float()
-        expected = torch.log_softmax(logits, -1)
-        assert abs(expected[token[0]].item() - logprob[0]) < 0.05
-        # our choice is transformers' choice, or within bf16 noise of it
-        assert expected.max().item() - expected[token[0]].item() < 0.05
+            expected = reference(torch.tensor([prompt], device="cuda")).logits[0, -1].float()
+        ours = _last_logits(engine, prompt)
+        scale = expected.abs().max().item()
+        assert (ours - expected).abs().max().item() < 0.03 * scale
+        assert torch.nn.functional.cosine_similarity(ours, expected, dim=0).item() > 0.999
+        # our top token is transformers' top token, or within bf16 noise of it
+        assert expected.max().item() - expected[ours.argmax()].item() < 0.03 * scale
 
 
 def test_fast_path_greedy_matches_the_reference_path(gpu_model, monkeypatch):
