@@ -168,8 +168,7 @@ class ModelRunner:
             slot_mapping=view("slots"), query_start_loc=view("query_start"),
             seq_lens=view("seq_lens"), block_tables=view("tables").view(num_seqs, max_blocks),
             max_query_len=max_query_len, max_seq_len=max_seq_len,
-            query_start_host=query_start.tolist() if self.device.type == "cpu" else None,
-            seq_lens_host=seq_lens.tolist() if self.device.type == "cpu" else None,
+            query_start_host=query_start.tolist(), seq_lens_host=seq_lens.tolist(),
             num_decode=num_decode, decode_only=decode_only,
             decode_splits=self.decode_splits(num_seqs, max_seq_len),
             workspace=self.decode_workspace)
