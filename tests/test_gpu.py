@@ -107,17 +107,24 @@ def test_last_token_logits_match_transformers_within_bf16_tolerance(gpu_model):
 
 
 def test_fast_path_greedy_matches_the_reference_path(gpu_model, monkeypatch):
+    """Greedy tokens of the fast path equal the reference path's, except where bf16 rounding
+    legitimately breaks a near-tie: at a fork, the reference path itself, teacher-forced with
+    the common prefix, must rate the fast path's token within bf16 noise of its own choice."""
     from container.engine.model_config import ModelConfig
 
     prompts = _prompts(ModelConfig.from_dir(gpu_model).vocab_size, count=8, seed=1)
     fast, _ = _greedy(_engine(gpu_model), prompts, 32)
     monkeypatch.setenv("SERVE_KERNELS", "0")
-    reference, _ = _greedy(_engine(gpu_model, graphs=False), prompts, 32)
-    exact = sum(a == b for a, b in zip(fast, reference))
-    for a, b in zip(fast, reference):
-        if a != b:
-            # bf16 rounding differs between fused kernels and PyTorch ops, so a long greedy run
-            # may fork at a near-tie; it must not fork early
-            first = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-            assert first >= 8, (first, a, b)
-    assert exact >= len(prompts) - 1, f"only {exact}/{len(prompts)} sequences identical"
+    reference_engine = _engine(gpu_model, graphs=False)
+    reference, _ = _greedy(reference_engine, prompts, 32)
+    forks = 0
+    for prompt, a, b in zip(prompts, fast, reference):
+        if a == b:
+            continue
+        forks += 1
+        first = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        logits = _last_logits(reference_engine, prompt + a[:first])
+        scale = logits.abs().max().item()
+        gap = logits.max().item() - logits[a[first]].item()
+        assert gap < 0.02 * scale, f"fork at token {first} is not a near-tie (gap {gap:.3f})"
+    assert forks <= len(prompts) // 2, f"{forks}/{len(prompts)} sequences forked"
