@@ -197,6 +197,69 @@ def phase_offline() -> None:
             SUMMARY[label] = json.loads(path.read_text())["results"]
 
 
+def phase_profile() -> None:
+    """Where a decode step's time goes: graph replay alone at several batch sizes, the big
+    GEMVs at M=1 against their bytes, and the engine's own phase timers on W2 offline."""
+    import torch
+
+    from container.bench.offline import our_engine, random_token_prompts
+    from container.config.loader import load_config
+    from container.engine.service import NativeService
+    from container.workers.dist_env import DistEnv
+
+    env = {"OPTION_MAX_ROLLING_BATCH_SIZE": "512", "OPTION_MAX_MODEL_LEN": "2048",
+           "OPTION_TENSOR_PARALLEL_DEGREE": "1"}
+    service = NativeService(load_config(str(CKPT), env), DistEnv(0, 1, 0, 1))
+    runner = service.runner
+    graphs = runner.graphs
+    timing = {}
+    for batch in (1, 64, 256, 512):
+        graphs.seq_lens[:batch].fill_(600)
+        graphs.tables[:batch, :38].copy_(torch.arange(38, device="cuda").repeat(batch, 1))
+        graph = graphs.graphs[batch]
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+        start.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        timing[batch] = start.elapsed_time(end) / 20
+    SUMMARY["graph_replay_ms_ctx600"] = timing
+    log(f"graph replay ms (context 600): {timing}")
+    layer = runner.model.model.layers[0]
+    gemv = {}
+    for name, weight in (("qkv", layer.self_attn.qkv_proj.weight),
+                         ("o", layer.self_attn.o_proj.weight),
+                         ("gate_up", layer.mlp.gate_up_proj.weight),
+                         ("down", layer.mlp.down_proj.weight),
+                         ("lm_head", runner.model.lm_head.weight)):
+        x = torch.randn(1, weight.shape[1], device="cuda", dtype=weight.dtype)
+        for _ in range(5):
+            torch.nn.functional.linear(x, weight)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+        start.record()
+        for _ in range(50):
+            torch.nn.functional.linear(x, weight)
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / 50
+        gemv[name] = {"ms": ms, "TBps": weight.numel() * 2 / ms / 1e9}
+    SUMMARY["gemv_m1"] = gemv
+    log(f"GEMV at M=1: {gemv}")
+    del service, runner, graphs
+    torch.cuda.empty_cache()
+    prompts = random_token_prompts(128256, 500, 467)
+    result = our_engine(str(CKPT), prompts, 256, {"max_rolling_batch_size": "512",
+                                                  "max_model_len": "2048",
+                                                  "max_rolling_batch_prefill_tokens": "8192"})
+    SUMMARY["W2_offline"] = result
+    log(f"W2 offline: {result}")
+
+
 def finish() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     weights = SUMMARY.get("checkpoint", {}).get("weights_GB") or 16.06

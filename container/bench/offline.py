@@ -37,6 +37,7 @@ def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
     while engine.has_work():
         engine.step()
     _sync()
+    engine.seconds.clear()
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, sampling)
@@ -48,7 +49,8 @@ def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
     _sync()
     elapsed = time.perf_counter() - started
     result = {"name": "native engine", "output_tokens": produced, "seconds": elapsed,
-              "output_tokens_per_s": produced / elapsed, "steps": steps, "load_s": load_s}
+              "output_tokens_per_s": produced / elapsed, "steps": steps, "load_s": load_s,
+              "phase_seconds": {k: round(v, 3) for k, v in engine.seconds.items()}}
     del service, engine
     _release()
     return result

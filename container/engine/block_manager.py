@@ -24,6 +24,7 @@ class BlockManager:
         self.hash_to_block: dict[int, int] = {}
         self.free_blocks: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.seq_hashes: dict[str, list[int]] = {}      # request id -> hashes of its full blocks
+        self.num_referenced = 0                          # blocks some sequence holds
 
     @property
     def num_free(self) -> int:
@@ -70,6 +71,7 @@ class BlockManager:
         for block in blocks:
             if self.ref_counts[block] == 0:
                 del self.free_blocks[block]
+                self.num_referenced += 1
             self.ref_counts[block] += 1
             seq.block_ids.append(block)
         seq.num_computed_tokens = len(blocks) * self.block_size
@@ -89,6 +91,7 @@ class BlockManager:
             self.block_hash[block] = None
             self.block_tokens[block] = None
             self.ref_counts[block] = 1
+            self.num_referenced += 1
             seq.block_ids.append(block)
 
     def mark_computed(self, seq: Sequence) -> None:
@@ -115,6 +118,7 @@ class BlockManager:
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 self.free_blocks[block] = None
+                self.num_referenced -= 1
         seq.block_ids = []
         seq.num_published_blocks = 0
         self.seq_hashes.pop(seq.request_id, None)

@@ -7,6 +7,8 @@ step's plan is broadcast before running so every rank computes its shard of the 
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
 
 import torch
 
@@ -30,6 +32,7 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.plan_channel = plan_channel
         self.sequences: dict[str, Sequence] = {}
+        self.seconds: dict[str, float] = defaultdict(float)   # time per phase of step()
         self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
                          "chunked_prefill_steps": 0, "cached_prompt_tokens": 0,
                          "prompt_tokens_computed": 0, "generated_tokens": 0}
@@ -60,9 +63,10 @@ class LLMEngine:
             "waiting": len(self.scheduler.waiting),
             "kv_blocks_total": blocks.num_blocks,
             "kv_blocks_used": blocks.num_blocks - blocks.num_free,
-            "kv_blocks_referenced": sum(1 for c in blocks.ref_counts if c),
+            "kv_blocks_referenced": blocks.num_referenced,
             "preemptions": self.scheduler.total_preemptions,
             **self.counters,
+            **{f"seconds_{name}": value for name, value in self.seconds.items()},
         }
 
     def has_work(self) -> bool:
@@ -70,24 +74,31 @@ class LLMEngine:
 
     # one step ----------------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
+        clock = time.perf_counter
+        started = clock()
         decision = self.scheduler.schedule()
         if not decision.scheduled:
             return []
         self._count(decision)
+        planned = clock()
         plan = StepPlan.build(decision.scheduled, self.runner.block_size)
         if self.plan_channel is not None:
             self.plan_channel.send(plan)
+        launched = clock()
         logits = self.runner.execute(plan)
+        executed = clock()
         sampling_rows = [s for s in decision.scheduled if s.samples]
         for item in decision.scheduled:
             self.scheduler.advance(item)
         outputs: list[TokenOutput] = []
+        sampled = executed
         if sampling_rows:
             batch = SamplingBatch.build([self._sampling_row(s.seq) for s in sampling_rows],
                                         logits.device)
             tokens, logprobs = sample(logits, batch)
-            tokens = tokens.tolist()
+            tokens = tokens.tolist()                 # waits for the GPU
             logprobs = logprobs.tolist() if logprobs is not None else None
+            sampled = clock()
             for i, item in enumerate(sampling_rows):
                 seq = item.seq
                 token = tokens[i]
@@ -102,6 +113,13 @@ class LLMEngine:
                     [logprobs[i]] if logprobs is not None else None, reason,
                     seq.num_prompt_tokens, seq.num_cached_tokens))
         self.scheduler.remove_finished()
+        finished = clock()
+        seconds = self.seconds
+        seconds["schedule"] += planned - started
+        seconds["plan"] += launched - planned
+        seconds["execute"] += executed - launched
+        seconds["sample_and_wait"] += sampled - executed
+        seconds["postprocess"] += finished - sampled
         return outputs
 
     def _count(self, decision) -> None:

@@ -33,28 +33,41 @@ class StepPlan:
     def build(cls, scheduled: list[ScheduledSeq], block_size: int) -> "StepPlan":
         lens = [s.num_new_tokens for s in scheduled]
         num_tokens, num_seqs = sum(lens), len(scheduled)
-        max_blocks = max(len(s.seq.block_ids) for s in scheduled)
+        seqs = [s.seq for s in scheduled]
+        max_blocks = max(len(seq.block_ids) for seq in seqs)
+        tables = np.zeros((num_seqs, max_blocks), np.int64)
+        for i, seq in enumerate(seqs):
+            tables[i, :len(seq.block_ids)] = seq.block_ids
+        if num_tokens == num_seqs:               # one token each (decodes): no per-row arrays
+            positions = [seq.num_computed_tokens for seq in seqs]
+            input_ids = [seq.token_ids[p] for seq, p in zip(seqs, positions)]
+            slots = [seq.block_ids[p // block_size] * block_size + p % block_size
+                     for seq, p in zip(seqs, positions)]
+            query_start = list(range(num_seqs + 1))
+            seq_lens = [p + 1 for p in positions]
+            logits_rows = [i for i, item in enumerate(scheduled) if item.samples]
+            header = [num_tokens, num_seqs, max_blocks, len(logits_rows), num_seqs]
+            return cls(np.concatenate([
+                np.array(header + input_ids + positions + slots + query_start + seq_lens,
+                         np.int64), tables.ravel(), np.array(logits_rows, np.int64)]))
         input_ids = np.empty(num_tokens, np.int64)
         positions = np.empty(num_tokens, np.int64)
         slots = np.empty(num_tokens, np.int64)
         query_start = np.zeros(num_seqs + 1, np.int64)
         seq_lens = np.empty(num_seqs, np.int64)
-        tables = np.zeros((num_seqs, max_blocks), np.int64)
         logits_rows = []
         num_decode = 0
         cursor = 0
         for i, item in enumerate(scheduled):
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
-            blocks = np.asarray(seq.block_ids, np.int64)
             pos = np.arange(start, start + n, dtype=np.int64)
             input_ids[cursor:cursor + n] = seq.token_ids[start:start + n]
             positions[cursor:cursor + n] = pos
-            slots[cursor:cursor + n] = blocks[pos // block_size] * block_size + pos % block_size
+            slots[cursor:cursor + n] = tables[i, pos // block_size] * block_size + pos % block_size
             cursor += n
             query_start[i + 1] = cursor
             seq_lens[i] = start + n
-            tables[i, :len(blocks)] = blocks
             if item.samples:
                 logits_rows.append(cursor - 1)
             if n == 1 and num_decode == i:
