@@ -250,7 +250,10 @@ def phase_profile() -> None:
         gemv[name] = {"ms": ms, "TBps": weight.numel() * 2 / ms / 1e9}
     SUMMARY["gemv_m1"] = gemv
     log(f"GEMV at M=1: {gemv}")
-    del service, runner, graphs
+    del service, runner, graphs, graph, layer, weight, x
+    import gc
+
+    gc.collect()
     torch.cuda.empty_cache()
     prompts = random_token_prompts(128256, 500, 467)
     result = our_engine(str(CKPT), prompts, 256, {"max_rolling_batch_size": "512",

@@ -92,9 +92,11 @@ def _decode_split_kernel(
     stride_kb, stride_ks, stride_kh,
     stride_bt,
     stride_pt, stride_ph, stride_ps,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
 ):
+    # The group's query heads are the rows of a (padded) 16-row tile, so scores and the
+    # weighted sum of values run on tensor cores; the kernel stays bound by reading K and V.
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -103,25 +105,25 @@ def _decode_split_kernel(
     begin = split * chunk
     end = tl.minimum(begin + chunk, seq_len)
 
-    heads = tl.arange(0, GROUP_PAD)
+    heads = tl.arange(0, ROWS)
     head_ok = heads < GROUP
     dims = tl.arange(0, DIM_PAD)
     dim_ok = dims < HEAD_DIM
     q_heads = kv_head * GROUP + heads
     q = tl.load(q_ptr + seq * stride_qt + q_heads[:, None] * stride_qh + dims[None, :],
-                mask=head_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
+                mask=head_ok[:, None] & dim_ok[None, :], other=0.0)
 
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, DIM_PAD], tl.float32)
     for start in range(begin, end, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < end
         page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
         offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
         k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
-        scores = tl.sum(q[:, None, :] * k[None, :, :], 2) * scale
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        scores = tl.dot(q, tl.trans(k)) * scale
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -129,8 +131,8 @@ def _decode_split_kernel(
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
+                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     base = seq * stride_pt + q_heads * stride_ph + split * stride_ps
     tl.store(partial_max_ptr + base, m_i, mask=head_ok)
@@ -180,7 +182,7 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
     out = torch.empty_like(q) if out is None else out
     group_pad = _pad(group)
     block_m = max(64 // group_pad, 1)          # ~64 rows (positions x heads) per program
-    block_n = 32 if dim <= 128 else 16
+    block_n = 64 if dim <= 128 else 32
     grid = (seq_lens.shape[0], kv_heads, triton.cdiv(max_query_len, block_m))
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _prefill_kernel[grid](
@@ -189,7 +191,7 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         out.stride(0), out.stride(1), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=2)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3)
     return out
 
 
@@ -209,8 +211,8 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         maxima.stride(0), maxima.stride(1), maxima.stride(2),
-        GROUP=group, GROUP_PAD=_pad(group), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_N=32, SPLITS=splits, num_warps=4)
+        GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
+        BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
     _decode_merge_kernel[(batch, q_heads)](
         partial, maxima, sums, out,
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
