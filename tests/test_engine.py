@@ -24,13 +24,14 @@ def tiny_llama(tmp_path_factory):
     return build_model(tmp_path_factory.mktemp("tiny-llama"), "llama")
 
 
-def make_engine(model_dir, num_blocks, block_size=4, max_seqs=8, budget=24, prefix=True):
+def make_engine(model_dir, num_blocks, block_size=4, max_seqs=8, budget=24, prefix=True,
+                overlap=False):
     config = ModelConfig.from_dir(model_dir)
     runner = ModelRunner(config, str(model_dir), 512, torch.float32, torch.device("cpu"),
                          TensorParallel(), block_size)
     runner.allocate_kv_cache(num_blocks)
     scheduler = Scheduler(BlockManager(num_blocks, block_size, prefix), max_seqs, budget)
-    return LLMEngine(runner, scheduler, config.eos_token_ids, 512)
+    return LLMEngine(runner, scheduler, config.eos_token_ids, 512, overlap=overlap)
 
 
 def run_staggered(engine, prompts, max_new_tokens, arrivals_per_step=2, seed=None):
@@ -56,18 +57,21 @@ def random_prompts(vocab, count=16, low=3, high=40, seed=1):
     return prompts
 
 
-@pytest.mark.parametrize("prefix_caching", [True, False])
-def test_greedy_matches_transformers_under_preemption_and_chunking(tiny_llama, prefix_caching):
+@pytest.mark.parametrize("prefix_caching, overlap", [(True, False), (False, False), (True, True)],
+                         ids=["prefix-cache", "no-prefix-cache", "overlapped-steps"])
+def test_greedy_matches_transformers_under_preemption_and_chunking(tiny_llama, prefix_caching,
+                                                                   overlap):
     prompts = random_prompts(ModelConfig.from_dir(tiny_llama).vocab_size)
-    engine = make_engine(tiny_llama, num_blocks=40, budget=24, prefix=prefix_caching)
+    engine = make_engine(tiny_llama, num_blocks=40, budget=24, prefix=prefix_caching,
+                         overlap=overlap)
     outputs = run_staggered(engine, prompts, 12)
     assert engine.scheduler.total_preemptions > 0          # the KV budget forced preemption
     assert engine.counters["chunked_prefill_steps"] > 0    # and long prompts were chunked
     if prefix_caching:
         assert engine.counters["cached_prompt_tokens"] > 0
     assert outputs == reference_greedy(tiny_llama, prompts, 12)
-    assert engine.runner and engine.scheduler.blocks.num_used == 0 or all(
-        c == 0 for c in engine.scheduler.blocks.ref_counts)
+    assert engine.scheduler.blocks.num_referenced == 0        # every block came back
+    assert all(c == 0 for c in engine.scheduler.blocks.ref_counts)
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "mistral"])

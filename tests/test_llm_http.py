@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_server(tiny_dir):
     (tiny_dir / "serving.properties").write_text(
-        "option.num_kv_blocks=24\noption.kv_block_size=8\n"
+        "option.num_kv_blocks=14\noption.kv_block_size=8\n"
         "option.max_rolling_batch_prefill_tokens=32\noption.max_rolling_batch_size=8\n"
         "job_queue_size=64\n")
     server = ServeProcess(tiny_dir).start()
@@ -68,7 +68,7 @@ def test_sixteen_staggered_requests_match_transformers(tiny_server, tiny_dir, hf
     results: dict[int, dict] = {}
 
     def send(index):
-        time.sleep(index * 0.05)                     # arrivals spread over the running batch
+        time.sleep(index * 0.02)                     # arrivals spread over the running batch
         results[index] = lmi(tiny_server, prompts[index], max_new_tokens=12, details=True,
                              ignore_eos=True)
 
@@ -179,9 +179,14 @@ def test_seeded_sampling_is_reproducible_across_batch_mixes(tiny_server):
     assert other_seed != alone
 
 
-def test_client_disconnect_frees_the_sequence_and_its_blocks(tiny_server):
+def test_client_disconnect_frees_the_sequence_and_its_blocks(tiny_dir, tmp_path, serve_factory):
+    import shutil
+
+    model = tmp_path / "roomy"
+    shutil.copytree(tiny_dir, model, ignore=shutil.ignore_patterns("serving.properties"))
+    tiny_server = serve_factory(model).start()               # room for a long generation
     body = {"inputs": "the model", "stream": True,
-            "parameters": {"max_new_tokens": 150, "ignore_eos": True}}
+            "parameters": {"max_new_tokens": 500, "ignore_eos": True}}
     response = requests.post(tiny_server.url("/invocations"), json=body, stream=True, timeout=60)
     lines = response.iter_lines()
     next(lines)

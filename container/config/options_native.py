@@ -36,6 +36,11 @@ class NativeOptions(EngineOptions):
     enable_prefix_caching: bool = option(
         "enable_prefix_caching", "true",
         "Reuse KV blocks of identical prompt prefixes across requests.", values.boolean)
+    overlap_scheduling: bool = option(
+        "overlap_scheduling", "true",
+        "Prepare and launch the next step while the GPU runs the current one (off: strictly "
+        "one step at a time). Not used with tensor parallelism or repetition penalties.",
+        values.boolean)
     enforce_eager: bool = option(
         "enforce_eager", "false", "GPU: run decode steps without CUDA graphs.", values.boolean)
     load_format: str = option(

@@ -23,6 +23,7 @@ from .weights import load_weights
 log = logging.getLogger(__name__)
 
 _HEADER = 5   # num_tokens, num_seqs, max_blocks, num_logits, num_decode
+PLACEHOLDER = -1
 
 
 @dataclass
@@ -30,11 +31,15 @@ class StepPlan:
     data: np.ndarray                  # int64, see build()
 
     @classmethod
-    def build(cls, scheduled: list[ScheduledSeq], block_size: int) -> "StepPlan":
+    def build(cls, scheduled: list[ScheduledSeq], block_size: int,
+              previous_rows: dict[int, int] | None = None) -> "StepPlan":
+        """previous_rows: id(sequence) -> row of the previous step's sampled tokens, for
+        sequences whose newest token is still a placeholder (overlapped steps)."""
         lens = [s.num_new_tokens for s in scheduled]
         num_tokens, num_seqs = sum(lens), len(scheduled)
         seqs = [s.seq for s in scheduled]
-        max_blocks = max(len(seq.block_ids) for seq in seqs)
+        # rounded up so the kernels' block-table stride keeps one specialisation
+        max_blocks = -(-max(len(seq.block_ids) for seq in seqs) // 16) * 16
         tables = np.zeros((num_seqs, max_blocks), np.int64)
         for i, seq in enumerate(seqs):
             tables[i, :len(seq.block_ids)] = seq.block_ids
@@ -46,10 +51,14 @@ class StepPlan:
             query_start = list(range(num_seqs + 1))
             seq_lens = [p + 1 for p in positions]
             logits_rows = [i for i, item in enumerate(scheduled) if item.samples]
+            from_previous = [previous_rows[id(seq)] if token == PLACEHOLDER else -1
+                             for seq, token in zip(seqs, input_ids)] if previous_rows else \
+                [-1] * num_tokens
             header = [num_tokens, num_seqs, max_blocks, len(logits_rows), num_seqs]
             return cls(np.concatenate([
                 np.array(header + input_ids + positions + slots + query_start + seq_lens,
-                         np.int64), tables.ravel(), np.array(logits_rows, np.int64)]))
+                         np.int64), tables.ravel(), np.array(logits_rows + from_previous,
+                                                             np.int64)]))
         input_ids = np.empty(num_tokens, np.int64)
         positions = np.empty(num_tokens, np.int64)
         slots = np.empty(num_tokens, np.int64)
@@ -72,10 +81,16 @@ class StepPlan:
                 logits_rows.append(cursor - 1)
             if n == 1 and num_decode == i:
                 num_decode += 1
+        from_previous = np.full(num_tokens, -1, np.int64)
+        if previous_rows:
+            for row in np.nonzero(input_ids == PLACEHOLDER)[0]:
+                seq = seqs[int(np.searchsorted(query_start, row, side="right")) - 1]
+                from_previous[row] = previous_rows[id(seq)]
         header = np.array([num_tokens, num_seqs, max_blocks, len(logits_rows), num_decode],
                           np.int64)
         return cls(np.concatenate([header, input_ids, positions, slots, query_start, seq_lens,
-                                   tables.ravel(), np.asarray(logits_rows, np.int64)]))
+                                   tables.ravel(), np.asarray(logits_rows, np.int64),
+                                   from_previous]))
 
     def layout(self) -> dict[str, tuple[int, int]]:
         """name -> (start, size) of each array inside `data`, plus the header counts."""
@@ -84,7 +99,7 @@ class StepPlan:
         for name, size in (("input_ids", num_tokens), ("positions", num_tokens),
                            ("slots", num_tokens), ("query_start", num_seqs + 1),
                            ("seq_lens", num_seqs), ("tables", num_seqs * max_blocks),
-                           ("logits_rows", num_logits)):
+                           ("logits_rows", num_logits), ("from_previous", num_tokens)):
             out[name] = (cursor, size)
             cursor += size
         out["shape"] = (num_seqs, max_blocks)
@@ -186,7 +201,7 @@ class ModelRunner:
             decode_splits=self.decode_splits(num_seqs, max_seq_len),
             workspace=self.decode_workspace)
         return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
-                            num_seqs, max_blocks)
+                            num_seqs, max_blocks, view("from_previous"))
 
     def decode_splits(self, batch: int, max_seq_len: int) -> int:
         from .kernels.workspace import decode_splits
@@ -194,9 +209,14 @@ class ModelRunner:
         return decode_splits(batch, self.local_kv_heads, max_seq_len, self.sm_count)
 
     @torch.inference_mode()
-    def execute(self, plan: StepPlan) -> torch.Tensor:
-        """Run one step on this rank's shard; logits [num_logits, vocab] (every rank)."""
+    def execute(self, plan: StepPlan, previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one step on this rank's shard; logits [num_logits, vocab] (every rank).
+        previous_tokens: the last step's sampled tokens, for rows whose input is a placeholder."""
         step = self.prepare(plan)
+        if previous_tokens is not None:
+            source = step.from_previous
+            step.input_ids = torch.where(source >= 0, previous_tokens[source.clamp(min=0)],
+                                         step.input_ids)
         if self.graphs is not None and step.meta.decode_only and self.graphs.fits(step):
             return self.graphs.replay(step)
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
@@ -211,3 +231,4 @@ class PreparedStep:
     logits_rows: torch.Tensor
     num_seqs: int
     max_blocks: int
+    from_previous: torch.Tensor

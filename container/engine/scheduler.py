@@ -46,6 +46,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.total_preemptions = 0
+        self.max_model_len = 1 << 62
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -88,7 +89,12 @@ class Scheduler:
                 break
             if seq.status is not Status.RUNNING:
                 continue                      # preempted earlier in this loop
+            if seq.num_output_tokens >= seq.sampling.max_new_tokens or \
+                    seq.num_tokens >= self.max_model_len:
+                continue                      # its last token is still on its way back
             count = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if count <= 0:
+                continue
             while self.blocks.new_blocks_needed(seq, count) > self.blocks.num_free:
                 victim = self.running[-1]
                 self._preempt(victim)

@@ -127,7 +127,8 @@ class NativeService:
         scheduler = Scheduler(self.block_manager, self.options.max_rolling_batch_size,
                               self.options.max_rolling_batch_prefill_tokens)
         eos = sorted(set(model_config.eos_token_ids) | set(generation_eos_ids(self.model_dir)))
-        self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel)
+        self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel,
+                                overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
 
     def model_info(self) -> dict:
