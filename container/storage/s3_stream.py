@@ -299,6 +299,9 @@ class RemoteSafetensors:
             pending = None
         if pending is None:
             pending = PendingSlice(self.reader, info, box, dropped)
+        else:
+            self.source.prefetch_hits += 1
+        self.source.slice_bytes += pending.nbytes
         self.prefetch_after(name)
         return pending.result()
 
@@ -334,7 +337,9 @@ class S3StreamCheckpoint:
         self.client = client or make_client(CONCURRENCY)
         self.pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="s3-stream")
         self.patterns: dict[tuple[str, tuple[int, ...]], object] = {}
-        self.wasted_bytes = 0
+        self.wasted_bytes = 0      # fetched ahead on a guess the loader did not take
+        self.slice_bytes = 0       # bytes of the slices the loader took
+        self.prefetch_hits = 0
         self.readers: list[RangeReader] = []
         try:
             self.files = self._shards()
