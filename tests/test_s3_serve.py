@@ -7,53 +7,13 @@ import tarfile
 
 import boto3
 import pytest
-import requests
 
 from conftest import error_line, run_serve_to_exit
 from s3_helpers import (MotoServer, S3Proxy, bucket, client, moto, s3_env,  # noqa: F401
                         s3_proxy, upload_dir)
-from tiny_models import build_model
+from serve_helpers import generate, local_tokens, model_dir_with, tiny  # noqa: F401
 
 pytestmark = pytest.mark.slow
-PROMPTS = ["def resolve_model_dir(config):", "Grüße aus Köln! 🙂"]
-# small KV cache: these servers run side by side on a small machine
-PROPERTIES = "option.num_kv_blocks=64\noption.max_rolling_batch_size=4\n"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
-
-
-@pytest.fixture(scope="module")
-def local_tokens(tiny, tmp_path_factory):
-    """Greedy token ids of the checkpoint served from its local directory."""
-    from conftest import ServeProcess
-
-    (tiny / "serving.properties").write_text(PROPERTIES)
-    server = ServeProcess(tiny).start()
-    try:
-        return generate(server)
-    finally:
-        server.stop()
-        (tiny / "serving.properties").unlink()
-
-
-def generate(server) -> list[list[int]]:
-    tokens = []
-    for prompt in PROMPTS:
-        reply = requests.post(server.url("/invocations"), timeout=60, json={
-            "inputs": prompt, "parameters": {"details": True, "max_new_tokens": 8}})
-        assert reply.status_code == 200, reply.text
-        tokens.append([t["id"] for t in reply.json()["details"]["tokens"]])
-    return tokens
-
-
-def model_dir_with(tmp_path, properties: str):
-    directory = tmp_path / "model"
-    directory.mkdir(parents=True)
-    (directory / "serving.properties").write_text(PROPERTIES + properties)
-    return directory
 
 
 def test_s3_prefix_serves_the_same_tokens(tiny, local_tokens, moto, bucket, tmp_path,

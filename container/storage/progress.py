@@ -56,3 +56,35 @@ class TransferProgress:
         log.info("%s: done, %s in %.1f s", self.description, self._figures(now),
                  now - self._started)
         return self.done / 1e6 / max(now - self._started, 1e-6)
+
+
+class _Discard:
+    def write(self, _text):
+        pass
+
+    def flush(self):
+        pass
+
+
+class LoggedTqdm(tqdm):
+    """A tqdm for libraries that take a tqdm_class (huggingface_hub): drawn on a terminal;
+    elsewhere silent, with a log line every LOG_EVERY_S for byte counters."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("name", None)
+        self._interactive = sys.stderr.isatty()
+        if not self._interactive:
+            kwargs["file"] = _Discard()
+        super().__init__(*args, **kwargs)
+        self._last_log = time.monotonic()
+
+    def update(self, n=1):
+        shown = super().update(n)
+        now = time.monotonic()
+        if (not self._interactive and self.unit == "B" and self.total
+                and now - self._last_log >= LOG_EVERY_S):
+            self._last_log = now
+            elapsed = max(now - self.start_t, 1e-6)
+            log.info("%s: %.0f / %.0f MB, %.1f MB/s", self.desc or "downloading",
+                     self.n / 1e6, self.total / 1e6, self.n / 1e6 / elapsed)
+        return shown
