@@ -18,10 +18,10 @@ from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import constants, snapshot_download
+from huggingface_hub import errors
 from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError,
-                                    IncompleteSnapshotError, LocalEntryNotFoundError,
-                                    OfflineModeIsEnabled, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+                                    LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
 
 from ..errors import StartupError
 from .host_lock import download_root, once_per_host
@@ -29,6 +29,8 @@ from .progress import LoggedTqdm
 from .selection import HUB_PATTERNS
 
 log = logging.getLogger(__name__)
+# newer huggingface_hub tells a partial cached snapshot apart from a missing one
+_INCOMPLETE = getattr(errors, "IncompleteSnapshotError", ())
 
 
 def hub_cache_dir() -> Path:
@@ -102,7 +104,7 @@ def describe_failure(model_id: str, revision: str | None, cache_dir: Path,
                                 "lacks read permission on this repository")
         return StartupError(f"{where}: {endpoint} answered HTTP {status}: retry later, or "
                             "pre-download the model and point option.model_id at it")
-    if isinstance(exc, (IncompleteSnapshotError,)):
+    if isinstance(exc, _INCOMPLETE):
         return StartupError(f"{where}: the cached snapshot in {cache_dir} is incomplete and the "
                             f"Hub cannot be reached: download it again with network access")
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)):

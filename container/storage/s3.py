@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import shutil
 import tarfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,20 +19,17 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
-from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
 from ..errors import StartupError
-from . import etag
+from . import etag, s3_transfer
 from .host_lock import download_root, once_per_host, read_json, write_json_atomic
 from .progress import TransferProgress
-from .s3_client import MAX_ATTEMPTS, S3Url, describe_failure, make_client, parse_s3_url
+from .s3_client import (PERMANENT_CODES, S3Url, describe_code, describe_failure, make_client,
+                        parse_s3_url)
 from .selection import select_files
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 16            # ranged GETs in flight (bench/results/s3_*.json)
-CHUNK_BYTES = 16 << 20      # size of one ranged GET
 MANIFEST = ".serve-manifest.json"
 PARTIAL = ".serve-partial"
 CHECK_ROUNDS = 2            # a file that fails its size/ETag check is fetched once more
@@ -60,7 +56,7 @@ def fetch_s3(url: str, stream: bool = False, root: Path | None = None) -> Path:
     """Download `url` (all but the safetensors when `stream`) unless it is already here."""
     location = parse_s3_url(url)
     dest = local_dir(root or download_root(), location)
-    client = make_client(CONCURRENCY)
+    client = make_client(s3_transfer.CONCURRENCY)
     try:
         with once_per_host(dest, url):
             if location.is_archive:
@@ -199,76 +195,13 @@ def model_root(directory: Path) -> Path:
 
 # -- the transfer ---------------------------------------------------------------------------------
 
-class _Subscriber(BaseSubscriber):
-    def __init__(self, job: tuple[RemoteObject, Path], progress: TransferProgress,
-                 finished: queue.Queue):
-        self.job, self.progress, self.finished = job, progress, finished
-
-    def on_queued(self, future, **kwargs):
-        obj = self.job[0]
-        # the listing already told size and ETag: spare s3transfer its HEAD per object, and
-        # pin every ranged GET to that ETag (If-Match): a changed object fails loudly
-        future.meta.provide_transfer_size(obj.size)
-        if obj.etag:
-            future.meta.provide_object_etag(f'"{obj.etag}"')
-
-    def on_progress(self, future, bytes_transferred, **kwargs):
-        self.progress.update(bytes_transferred)
-
-    def on_done(self, future, **kwargs):
-        self.finished.put((self.job, future))
-
-
 def download(client, bucket: str, jobs: list[tuple[RemoteObject, Path]], what: str,
              keep: Callable[[RemoteObject, Path], None]) -> None:
     """Fetch each object into its path, check it, and hand it to `keep` as soon as it is good
     (so an interruption loses only the files in flight); a file that fails its check is fetched
     again (CHECK_ROUNDS in all)."""
-    config = TransferConfig(multipart_threshold=CHUNK_BYTES, multipart_chunksize=CHUNK_BYTES,
-                            max_request_concurrency=CONCURRENCY,
-                            num_download_attempts=MAX_ATTEMPTS)
     for _ in range(CHECK_ROUNDS):
-        progress = TransferProgress(f"downloading {what}", sum(o.size for o, _ in jobs))
-        failed = []
-        with TransferManager(client, config) as manager, ThreadPoolExecutor(2) as checker:
-            finished: queue.Queue = queue.Queue()
-            for job in jobs:
-                job[1].parent.mkdir(parents=True, exist_ok=True)
-                manager.download(bucket, job[0].key, str(job[1]),
-                                 subscribers=[_Subscriber(job, progress, finished)])
-            checks: dict = {}
-
-            def settle(done) -> None:
-                for check in done:
-                    obj, path = checks.pop(check)
-                    problem = check.result()
-                    if problem:
-                        log.warning("s3://%s/%s: %s; fetching it again", bucket, obj.key,
-                                    problem)
-                        path.unlink(missing_ok=True)
-                        failed.append((obj, path, problem))
-                    else:
-                        keep(obj, path)
-
-            waiting = len(jobs)
-            while waiting:
-                try:
-                    job, future = finished.get(timeout=0.2)
-                except queue.Empty:
-                    settle([c for c in list(checks) if c.done()])
-                    continue
-                waiting -= 1
-                try:
-                    future.result()                 # S3 errors surface here
-                except FlexibleChecksumError as exc:   # S3's own checksum of the object
-                    log.warning("s3://%s/%s: %s; fetching it again", bucket, job[0].key, exc)
-                    job[1].unlink(missing_ok=True)
-                    failed.append((*job, "does not match its checksum"))
-                    continue
-                checks[checker.submit(_check, client, bucket, *job)] = job
-                settle([c for c in list(checks) if c.done()])
-            settle(list(as_completed(list(checks))))
-        progress.close()
+        failed = _fetch_round(client, bucket, jobs, what, keep)
         if not failed:
             return
         jobs = [(obj, path) for obj, path, _ in failed]
@@ -276,6 +209,49 @@ def download(client, bucket: str, jobs: list[tuple[RemoteObject, Path]], what: s
     raise StartupError(f"option.model_id={what}: s3://{bucket}/{obj.key} {problem} after "
                        f"{CHECK_ROUNDS} downloads: the object may be changing or corrupted in "
                        "transit; re-upload it or retry")
+
+
+def _fetch_round(client, bucket, jobs, what, keep) -> list[tuple[RemoteObject, Path, str]]:
+    progress = TransferProgress(f"downloading {what}", sum(o.size for o, _ in jobs))
+    failed: list[tuple[RemoteObject, Path, str]] = []
+    checks: dict = {}
+
+    def again(obj: RemoteObject, path: Path, problem: str) -> None:
+        log.warning("s3://%s/%s %s; fetching it again", bucket, obj.key, problem)
+        path.unlink(missing_ok=True)
+        failed.append((obj, path, problem))
+
+    def settle(done) -> None:
+        for check in done:
+            obj, path = checks.pop(check)
+            problem = check.result()
+            again(obj, path, problem) if problem else keep(obj, path)
+
+    for _, path in jobs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # files are checked (hashed) on two threads while the others are still downloading
+    with ThreadPoolExecutor(2) as checker:
+        for job, error in s3_transfer.fetch(client, bucket, jobs, progress):
+            if job is not None and error is None:
+                checks[checker.submit(_check, client, bucket, *job)] = job
+            elif job is not None:
+                again(*job, _transient(what, error))
+            settle([c for c in list(checks) if c.done()])
+        settle(list(as_completed(list(checks))))
+    progress.close()
+    return failed
+
+
+def _transient(what: str, error: Exception) -> str:
+    """What went wrong with a file worth fetching again; raises for failures that would only
+    repeat (access denied, missing key ...)."""
+    if isinstance(error, FlexibleChecksumError):        # S3's own checksum of the object
+        return f"does not match its checksum ({error})"
+    if isinstance(error, s3_transfer.TransferFailed):
+        if error.code in PERMANENT_CODES:
+            raise describe_code(what, error.code, str(error))
+        return f"failed ({error})"
+    raise error
 
 
 def _check(client, bucket: str, obj: RemoteObject, path: Path) -> str | None:

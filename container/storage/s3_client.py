@@ -78,6 +78,10 @@ _CAUSES = {
 }
 
 
+# failures that fetching again would only repeat
+PERMANENT_CODES = frozenset(_CAUSES) - {"PreconditionFailed"}
+
+
 def describe_failure(url, exc: Exception) -> StartupError:
     """One line naming the URL and the cause."""
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -87,8 +91,12 @@ def describe_failure(url, exc: Exception) -> StartupError:
         cause = f"cannot reach the S3 endpoint ({exc}): check AWS_ENDPOINT_URL and the network"
     elif isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", "?"))
-        cause = _CAUSES.get(code) or f"S3 answered {code}: {error.get('Message', '')}".strip()
+        return describe_code(url, str(error.get("Code", "?")), str(error.get("Message", "")))
     else:
         cause = f"{type(exc).__name__}: {exc}"
+    return StartupError(f"option.model_id={url}: {cause}")
+
+
+def describe_code(url, code: str, message: str) -> StartupError:
+    cause = _CAUSES.get(code) or f"S3 answered {code}: {message}".strip()
     return StartupError(f"option.model_id={url}: {cause}")

@@ -35,7 +35,7 @@ from .s3 import list_objects
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 16
-CHUNK_BYTES = 8 << 20          # one ranged GET
+CHUNK_BYTES = 32 << 20         # one ranged GET
 MERGE_GAP_BYTES = 1 << 20      # column slices: read through gaps smaller than this
 PREFETCH_BYTES = 512 << 20     # guessed slices fetched ahead of the loader
 HEADER_PROBE = 1 << 16         # first GET of a file: the header length and, usually, the header
