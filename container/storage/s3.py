@@ -1,9 +1,8 @@
 """option.model_id=s3://...: fetch a checkpoint (a prefix, or a model.tar.gz) once per host.
 
-Files land in SERVING_DOWNLOAD_DIR/s3/<bucket>/<key>. Each object is fetched by s3transfer as
-many parallel ranged GETs (pinned to the listed ETag with If-Match) into a `.serve-partial` file,
-checked against its size and ETag, then renamed: a name without the suffix is always a whole,
-verified file. A manifest of (ETag, size) per file lets the next start, or the next rank, reuse
+Files land in SERVING_DOWNLOAD_DIR/s3/<bucket>/<key>. Each object is fetched as many parallel
+ranged GETs (s3_transfer.py: s5cmd or s3transfer) into a `.serve-partial` file, checked against
+its size and ETag, then renamed: a name without the suffix is always a whole, verified file. A manifest of (ETag, size) per file lets the next start, or the next rank, reuse
 what is complete; an interrupted download resumes file by file.
 """
 
@@ -152,12 +151,15 @@ def _fetch_archive(client, location: S3Url, dest: Path) -> Path:
         log.info("%s: already extracted in %s", location, dest)
         return model_root(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_partials(dest.parent)
     tarball = dest.parent / (dest.name + ".tar.gz" + PARTIAL)
     staging = dest.parent / (dest.name + PARTIAL)
-    fetched: list[Path] = []
-    download(client, location.bucket, [(archive, tarball)], str(location),
-             lambda _obj, path: fetched.append(path))
+    for leftover in dest.parent.glob(dest.name + "*" + PARTIAL + "*"):   # ours only
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    # checked, but left under its partial name: only the extracted folder is ever "complete"
+    download(client, location.bucket, [(archive, tarball)], str(location), lambda *_: None)
     log.info("%s: extracting into %s", location, dest)
     try:
         with tarfile.open(tarball, "r:*") as tar:
