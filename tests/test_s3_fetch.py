@@ -186,6 +186,7 @@ FETCH = ("import logging, sys; logging.basicConfig(level=logging.INFO); "
 def test_concurrent_processes_download_each_object_once(env, moto, bucket, checkpoint, s3_proxy):
     """Ranks of one host start together: one fetches, the others wait and fetch nothing."""
     sizes = upload_dir(client(moto.endpoint), checkpoint, bucket, "tp/")
+    s3_proxy.delay_per_mb = 0.4       # ~10 s of download: the other ranks arrive while it runs
     url = f"s3://{bucket}/tp/"
     ranks = [subprocess.Popen([sys.executable, "-c", FETCH, url], env=repo_env(env),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

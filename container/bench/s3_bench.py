@@ -200,6 +200,7 @@ def main(argv=None) -> int:
                        "on loopback",
             "checkpoint_bytes": everything, "safetensors_bytes": total,
             "fetch_mb_per_s": throughput, "serve_start_to_first_token_s": served,
+            "load_average_1_5_15": os.getloadavg(),   # the machine is shared: say how busy
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         out = REPO / "bench" / "results" / f"s3_{time.strftime('%Y%m%d_%H%M%S')}.json"
