@@ -13,9 +13,18 @@ from ..config.loader import ServingConfig
 from ..errors import StartupError
 
 
+def _streaming(config: ServingConfig) -> bool:
+    return (config.option("load_format") or "auto") == "stream"
+
+
 def resolve_model_dir(config: ServingConfig) -> Path:
     """The local directory holding the checkpoint (downloading it first when it is remote)."""
     model_id = config.option("model_id")
+    if _streaming(config) and not (model_id or "").startswith("s3://"):
+        raise StartupError(
+            f"option.load_format=stream streams s3:// checkpoints, but option.model_id is "
+            f"{model_id or 'not set'}: remove option.load_format (local safetensors are "
+            "already read lazily) or point option.model_id at s3://bucket/prefix/")
     if not model_id:
         return Path(config.model_dir)
     if model_id.startswith("s3://"):
@@ -41,6 +50,10 @@ def resolve_model_dir(config: ServingConfig) -> Path:
 
 def weights_source(config: ServingConfig, model_dir: Path):
     """The checkpoint the engine loads tensors from (see engine/weights.py CheckpointSource)."""
+    if _streaming(config):
+        from .s3_stream import S3StreamCheckpoint
+
+        return S3StreamCheckpoint(config.option("model_id"))
     from ..engine.weights import LocalCheckpoint
 
     return LocalCheckpoint(model_dir)
