@@ -145,3 +145,27 @@ def test_stand_in_serve_over_two_ranks(tmp_path, serve_factory, checkpoint):
     assert (llm["mpi_rank"], llm["tensor_parallel_size"], llm["mpi_session"]) == ("0", 2, 2)
     workers = records(record, "worker_node")
     assert [w["mpi_rank"] for w in workers] == ["1"]      # rank 1 serves TensorRT-LLM's pool
+
+
+def _token_output_carries_errors() -> bool:
+    import dataclasses
+
+    from container.engine.interface import TokenOutput
+    return "error" in {f.name for f in dataclasses.fields(TokenOutput)}
+
+
+@pytest.mark.skipif(not _token_output_carries_errors(),
+                    reason="needs TokenOutput.error passed on by ServingLoop (diff in the report)")
+def test_stand_in_prompt_over_max_input_len_is_a_400(tmp_path, serve_factory, checkpoint):
+    record = tmp_path / "calls.jsonl"
+    server = serve_factory(trtllm_model_dir(tmp_path, checkpoint, "option.max_input_len=16\n"
+                                                                  "option.max_output_len=600\n"),
+                           env=stand_in_env(record)).start(timeout=180)
+    long_prompt = PROMPT * 4          # over 16 tokens, under max_seq_len with 5 new tokens
+    response = requests.post(server.url("/invocations"), timeout=60, json={
+        "inputs": long_prompt, "parameters": {"max_new_tokens": 5}})
+    assert response.status_code == 400, response.text
+    assert "max_input_len=16" in response.json()["message"]
+    fine = requests.post(server.url("/invocations"), timeout=60, json={
+        "inputs": "def", "parameters": {"max_new_tokens": 3}})
+    assert fine.status_code == 200
