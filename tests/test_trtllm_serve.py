@@ -87,6 +87,7 @@ def echoed(tokenizer: TextTokenizer, prompt: str, n: int) -> tuple[list[int], st
     return out, tokenizer.decode(out)
 
 
+@pytest.mark.slow
 def test_stand_in_serve_streams_through_http_and_reuses_engines(tmp_path, serve_factory,
                                                                 checkpoint):
     record = tmp_path / "calls.jsonl"
@@ -133,6 +134,7 @@ def test_stand_in_serve_streams_through_http_and_reuses_engines(tmp_path, serve_
     assert described["engineStats"]["requests_finished"] == 1
 
 
+@pytest.mark.slow
 def test_stand_in_serve_over_two_ranks(tmp_path, serve_factory, checkpoint):
     record = tmp_path / "calls.jsonl"
     model_dir = trtllm_model_dir(tmp_path, checkpoint, "option.tensor_parallel_degree=2\n")
@@ -154,6 +156,7 @@ def _token_output_carries_errors() -> bool:
     return "error" in {f.name for f in dataclasses.fields(TokenOutput)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _token_output_carries_errors(),
                     reason="needs TokenOutput.error passed on by ServingLoop (diff in the report)")
 def test_stand_in_prompt_over_max_input_len_is_a_400(tmp_path, serve_factory, checkpoint):
