@@ -10,7 +10,8 @@ import pytest
 
 from container.engines.trtllm_engine import TrtLlmEngine
 from container.workers.protocol import SamplingParams
-from stand_in_tensorrt_llm.stand_in_helpers import make_checkpoint, records, use_stand_in
+from stand_in_tensorrt_llm.stand_in_helpers import (forget_stand_in, make_checkpoint, records,
+                                                     use_stand_in)
 
 MAX_INPUT, MAX_SEQ = 16, 48
 EOS = 3
@@ -28,7 +29,8 @@ def stand_in(monkeypatch, tmp_path):
     import tensorrt_llm
 
     assert tensorrt_llm.STAND_IN
-    return tensorrt_llm, record
+    yield tensorrt_llm, record
+    forget_stand_in()
 
 
 @pytest.fixture

@@ -8,14 +8,16 @@ serving loop and the HTTP front end, and a restart reuses the cached engine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import requests
 
-from conftest import error_line, run_serve_to_exit
+from conftest import error_line, repo_env, run_serve_to_exit
 from container.text.tokenizer import TextTokenizer
 from stand_in_tensorrt_llm.stand_in_helpers import make_checkpoint, records, stand_in_pythonpath
 
@@ -44,7 +46,11 @@ def trtllm_model_dir(tmp_path, model_id, extra: str = ""):
 # Without the library -----------------------------------------------------------------------------
 @pytest.fixture
 def no_tensorrt_llm():
-    if importlib.util.find_spec("tensorrt_llm") is not None:
+    """Skip where serve's own environment can import a tensorrt_llm (real or stand-in)."""
+    probe = subprocess.run([sys.executable, "-c", "import importlib.util, sys; "
+                            "sys.exit(importlib.util.find_spec('tensorrt_llm') is not None)"],
+                           env=repo_env(), cwd=tempfile.gettempdir())
+    if probe.returncode != 0:
         pytest.skip("tensorrt_llm is importable here: the missing-runtime path cannot be shown")
 
 

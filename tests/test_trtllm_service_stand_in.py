@@ -17,7 +17,8 @@ from container.engines.trtllm_cache import MARKER, find_engine_dir
 from container.engines.trtllm_runtime import load_runtime
 from container.errors import StartupError
 from container.workers.dist_env import DistEnv
-from stand_in_tensorrt_llm.stand_in_helpers import make_checkpoint, records, use_stand_in
+from stand_in_tensorrt_llm.stand_in_helpers import (forget_stand_in, make_checkpoint, records,
+                                                     use_stand_in)
 
 RANK0 = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
@@ -36,7 +37,8 @@ def checkpoint(tmp_path, tokenizer_checkpoint):
 def record(monkeypatch, tmp_path):
     path = tmp_path / "calls.jsonl"
     use_stand_in(monkeypatch, path)
-    return path
+    yield path
+    forget_stand_in()
 
 
 def config_for(tmp_path: Path, model: Path, extra: str = "", env: dict | None = None):

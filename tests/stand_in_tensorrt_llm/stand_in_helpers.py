@@ -17,7 +17,8 @@ def stand_in_pythonpath() -> str:
 
 
 def use_stand_in(monkeypatch, record_file: Path) -> None:
-    """Import the stand-in as `tensorrt_llm` in this process, recording into record_file."""
+    """Import the stand-in as `tensorrt_llm` in this process, recording into record_file.
+    Call forget_stand_in() when done: modules imported meanwhile stay in sys.modules."""
     monkeypatch.syspath_prepend(str(STAND_IN_DIR))
     monkeypatch.setenv("STAND_IN_TRTLLM_RECORD", str(record_file))
     for name in [m for m in sys.modules if m == "tensorrt_llm" or m.startswith("tensorrt_llm.")]:
