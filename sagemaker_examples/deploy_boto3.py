@@ -39,7 +39,7 @@ class Deployment:
     endpoint_name: str
     config_name: str
     model_name: str
-    model_data: str                 # s3://bucket/prefix/
+    model_data: str | None          # s3://bucket/prefix/, or None (HF_MODEL_ID in the env)
 
 
 def upload_model_dir(s3, model_dir: str | Path, bucket: str, prefix: str) -> str:
@@ -54,19 +54,16 @@ def upload_model_dir(s3, model_dir: str | Path, bucket: str, prefix: str) -> str
     return f"s3://{bucket}/{prefix}/"
 
 
-def create_endpoint(sagemaker, name: str, image: str, model_data: str, role_arn: str,
+def create_endpoint(sagemaker, name: str, image: str, model_data: str | None, role_arn: str,
                     environment: dict[str, str], instance_type: str = DEFAULT_INSTANCE_TYPE,
                     instance_count: int = 1) -> Deployment:
     deployment = Deployment(name, f"{name}-config", f"{name}-model", model_data)
-    sagemaker.create_model(
-        ModelName=deployment.model_name,
-        ExecutionRoleArn=role_arn,
-        PrimaryContainer={
-            "Image": image,
-            "ModelDataSource": {"S3DataSource": {
-                "S3Uri": model_data, "S3DataType": "S3Prefix", "CompressionType": "None"}},
-            "Environment": environment,
-        })
+    container = {"Image": image, "Environment": environment}
+    if model_data:
+        container["ModelDataSource"] = {"S3DataSource": {
+            "S3Uri": model_data, "S3DataType": "S3Prefix", "CompressionType": "None"}}
+    sagemaker.create_model(ModelName=deployment.model_name, ExecutionRoleArn=role_arn,
+                           PrimaryContainer=container)
     sagemaker.create_endpoint_config(
         EndpointConfigName=deployment.config_name,
         ProductionVariants=[{
@@ -109,8 +106,9 @@ def cleanup(sagemaker, s3, deployment: Deployment) -> None:
         lambda: sagemaker.delete_endpoint(EndpointName=deployment.endpoint_name),
         lambda: sagemaker.delete_endpoint_config(EndpointConfigName=deployment.config_name),
         lambda: sagemaker.delete_model(ModelName=deployment.model_name),
-        lambda: _delete_prefix(s3, deployment.model_data),
     ]
+    if deployment.model_data:
+        steps.append(lambda: _delete_prefix(s3, deployment.model_data))
     for step in steps:
         try:
             step()

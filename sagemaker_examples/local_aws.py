@@ -220,6 +220,10 @@ class LocalAws:
 
     def _run_process(self, env: dict, model_dir: Path, log_path: Path) -> subprocess.Popen:
         child_env = {k: v for k, v in os.environ.items() if k not in _ENV_KEYS}
+        # One intra-op thread unless told otherwise: a laptop or CI host runs the client, moto
+        # and serve side by side, and oversubscribed OpenMP threads spin (measured: 16x slower
+        # decoding on a busy 2-core host).
+        child_env.setdefault("OMP_NUM_THREADS", "1")
         child_env.update(env)
         return subprocess.Popen(
             [sys.executable, "-m", "container", "--model-dir", str(model_dir), "--host",
