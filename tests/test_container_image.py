@@ -66,8 +66,9 @@ class Container:
                  init: bool = False):
         self.name = f"serve-test-{uuid.uuid4().hex[:10]}"
         self.port = free_port()
+        # One OpenMP thread: this test shares a small CI host (oversubscribed threads spin).
         args = ["podman", "run", "-d", "--name", self.name, *PODMAN_RUN,
-                "-e", f"SAGEMAKER_BIND_TO_PORT={self.port}"]
+                "-e", f"SAGEMAKER_BIND_TO_PORT={self.port}", "-e", "OMP_NUM_THREADS=1"]
         if init:
             args.append("--init")
         for key, value in (env or {}).items():
@@ -209,3 +210,43 @@ def test_embedded_smollm2_served_when_nothing_is_mounted(image, containers):
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "temperature": 0, "max_tokens": 30}).json()
     assert "Paris" in answer["choices"][0]["message"]["content"]
+
+
+def test_other_commands_run_as_given(image):
+    result = subprocess.run(["podman", "run", "--rm", *PODMAN_RUN, image, "python", "-c",
+                             "import container, djl_python, torch; print(torch.__version__)"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("2.13.0")
+
+
+def test_boto3_example_deploys_to_the_image_in_local_mode(image, tmp_path, monkeypatch):
+    """deploy_boto3 on moto's S3 + SageMaker mock, its endpoint hosted by this image."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "sagemaker_examples"))
+    import deploy_boto3
+    from local_aws import LOCAL_INSTANCE_TYPE, LOCAL_ROLE_ARN, LocalAws
+
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER",
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
+        monkeypatch.delenv(key, raising=False)
+    model = build_model(tmp_path / "llama")
+    args = deploy_boto3.build_parser().parse_args([
+        "--local", "--model-dir", str(model), "--image", image, "--endpoint-name", "in-image",
+        "--env", "OMP_NUM_THREADS=1", "--payload", json.dumps(
+            {"inputs": "def main():", "parameters": {"max_new_tokens": 8, "ignore_eos": True}})])
+    with LocalAws(image=image, container_engine="podman") as local:
+        s3 = local.client("s3")
+        s3.create_bucket(Bucket="models")
+        args.bucket, args.role_arn, args.instance_type, args.poll_seconds = (
+            "models", LOCAL_ROLE_ARN, LOCAL_INSTANCE_TYPE, 1)
+        hosted = []
+        result = deploy_boto3.run(
+            args, local.client("sagemaker"), s3, local.runtime_client,
+            on_created=lambda name: hosted.append(local.host_endpoint(name)))
+        assert result["answer"]["generated_text"] == result["streamed"] != ""
+        assert "listening on" in hosted[0].log()           # serve ran inside the container
+    left = subprocess.run(["podman", "ps", "-a", "-q", "--filter", f"name={hosted[0].container}"],
+                          capture_output=True, text=True)
+    assert left.stdout.strip() == ""                        # and the container is gone
