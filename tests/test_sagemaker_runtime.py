@@ -15,7 +15,7 @@ import pytest
 import requests
 from botocore.config import Config
 
-from conftest import handler_dir
+from conftest import handler_dir, write_model
 from tiny_models import build_model, default_model_dir
 
 
@@ -60,6 +60,30 @@ def test_invoke_endpoint_reaches_the_handler_with_attributes_and_inference_id(ec
     headers = response["ResponseMetadata"]["HTTPHeaders"]
     assert headers["x-amzn-sagemaker-inference-id"] == "inference-42"
     assert headers["x-request-id"] == "inference-42"
+
+
+ATTRIBUTE_HANDLER = '''
+from djl_python import Input, Output
+
+
+def handle(inputs: Input):
+    if inputs.is_empty():
+        return None
+    out = Output().add_as_json({"ok": True})
+    out.add_property("X-Amzn-SageMaker-Custom-Attributes", "seen=" + inputs.get_property("tenant"))
+    return out
+'''
+
+
+def test_custom_attributes_set_by_the_handler_come_back(tmp_path):
+    from conftest import ServeProcess
+
+    with ServeProcess(write_model(tmp_path / "attributes", ATTRIBUTE_HANDLER)) as server:
+        response = runtime_client(server).invoke_endpoint(
+            EndpointName="e", Body=b"{}", ContentType="application/json",
+            CustomAttributes="tenant=acme")
+        assert response["CustomAttributes"] == "seen=acme"
+        assert json.loads(response["Body"].read()) == {"ok": True}
 
 
 def test_target_variant_is_reported_back(echo_server):
