@@ -32,7 +32,8 @@ command -v "$engine" >/dev/null || { echo "build-image: $engine is not installed
 
 torch_version="${TORCH_VERSION:-2.13.0}"
 wheel_dir="${WHEEL_DIR:-/opt/wheels}"
-context="${DOCKER_CONTEXT_DIR:-$repo/build/docker-context}"
+# One context per tag, so two builds (a make target and the test) never share one.
+context="${DOCKER_CONTEXT_DIR:-$repo/build/docker-context/${tag//[^a-zA-Z0-9_.-]/_}}"
 
 # The context: tracked and new (not ignored) files of the paths the Dockerfiles copy.
 rm -rf "$context"
