@@ -13,7 +13,6 @@ its /invocations route.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

@@ -3,7 +3,6 @@ kept in step with the script that writes them."""
 
 from __future__ import annotations
 
-import os
 
 import nbformat
 import pytest
