@@ -1,8 +1,139 @@
-"""SageMaker runtime routes for a local endpoint (filled in by the container/examples work)."""
+"""SageMaker runtime routes, so `serve` is a local endpoint that boto3 calls unchanged.
+
+boto3's `sagemaker-runtime` client with `endpoint_url=http://127.0.0.1:8080` posts
+InvokeEndpoint to /endpoints/{name}/invocations and InvokeEndpointWithResponseStream to
+/endpoints/{name}/invocations-response-stream. Both run exactly what /invocations runs (the
+`invoke()` callable, which reads the same flask request: body, content type, custom attributes,
+inference id); this module only reshapes the answer as SageMaker's runtime does:
+
+- a container answer outside 2xx becomes SageMaker's `ModelError` (HTTP 424, with
+  OriginalStatusCode / OriginalMessage), which boto3 raises as `client.exceptions.ModelError`;
+- the stream route frames every chunk of the answer as a `PayloadPart` event of an AWS event
+  stream, and a failure after the first byte as a `ModelStreamError` event.
+
+Any endpoint name is accepted: a local endpoint serves one model, under whatever name the
+example or notebook gives it.
+"""
 
 from __future__ import annotations
+
+import json
+import logging
+import re
+
+from flask import Response, request
+
+from ..errors import ServingError
+from . import event_stream
+
+log = logging.getLogger(__name__)
+
+VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
+STREAM_CONTENT_TYPE_HEADER = "X-Amzn-SageMaker-Content-Type"
+DEFAULT_VARIANT = "AllTraffic"
+# SageMaker's endpoint-name rule.
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# Headers of the container's answer that the outer response must not copy.
+_NOT_COPIED = {"content-length", "transfer-encoding", "connection", "keep-alive",
+               "x-request-id"}
+
+
+def _aws_error(status: int, error_type: str, message: str, **fields) -> Response:
+    """An error as rest-json AWS services send it: botocore reads the type from the header."""
+    body = {"message": message, **fields}
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    response.headers["x-amzn-errortype"] = error_type
+    return response
+
+
+def _model_error(status: int, body: bytes) -> Response:
+    original = body.decode("utf-8", errors="replace")
+    return _aws_error(424, "ModelError",
+                      f"the model container answered {status}: {original}",
+                      OriginalStatusCode=status, OriginalMessage=original, LogStreamArn="")
+
+
+def _check_name(name: str) -> Response | None:
+    if ENDPOINT_NAME.match(name):
+        return None
+    return _aws_error(400, "ValidationError",
+                      f"endpoint name {name!r}: letters, digits and inner hyphens, at most 63")
+
+
+def _call_container(invoke):
+    """invoke() as the container would answer /invocations: (response, None) or (None, error)."""
+    try:
+        response = invoke()
+    except ServingError as error:
+        return None, _model_error(error.code, json.dumps(error.body()).encode("utf-8"))
+    if not 200 <= response.status_code < 300:
+        body = response.get_data()
+        response.close()
+        return None, _model_error(response.status_code, body)
+    return response, None
+
+
+def _copy_headers(source: Response, target: Response, skip: set[str]) -> None:
+    for name, value in source.headers.items():
+        if name.lower() not in _NOT_COPIED | skip:
+            target.headers[name] = value
+    target.headers[VARIANT_HEADER] = request.headers.get(TARGET_VARIANT_HEADER, DEFAULT_VARIANT)
+
+
+def invoke_endpoint(invoke, name: str) -> Response:
+    """InvokeEndpoint: the container's whole answer, its content type and custom attributes."""
+    bad_name = _check_name(name)
+    if bad_name is not None:
+        return bad_name
+    inner, error = _call_container(invoke)
+    if error is not None:
+        return error
+    try:
+        body = b"".join(inner.iter_encoded())      # a streamed answer is sent whole here
+    finally:
+        inner.close()
+    outer = Response(body, status=200)
+    _copy_headers(inner, outer, skip=set())
+    return outer
+
+
+def _events(inner: Response):
+    try:
+        for chunk in inner.iter_encoded():
+            for piece in event_stream.split(chunk) if chunk else ():
+                yield event_stream.payload_part(piece)
+    except GeneratorExit:                          # the client went away: stop the generation
+        raise
+    except Exception as exc:                       # the answer broke after its first byte
+        log.exception("stream failed")
+        yield event_stream.exception("ModelStreamError", f"the stream failed: {exc}",
+                                     "ModelStreamError")
+    finally:
+        inner.close()                              # aborts the request if it did not finish
+
+
+def invoke_endpoint_stream(invoke, name: str) -> Response:
+    """InvokeEndpointWithResponseStream: each chunk of the answer as one PayloadPart event."""
+    bad_name = _check_name(name)
+    if bad_name is not None:
+        return bad_name
+    inner, error = _call_container(invoke)
+    if error is not None:
+        return error
+    outer = Response(_events(inner), status=200, direct_passthrough=True)
+    _copy_headers(inner, outer, skip={"content-type"})
+    outer.headers["Content-Type"] = event_stream.CONTENT_TYPE
+    outer.headers[STREAM_CONTENT_TYPE_HEADER] = inner.headers.get(
+        "Content-Type", "application/octet-stream")
+    outer.headers["X-Accel-Buffering"] = "no"
+    return outer
 
 
 def register_sagemaker_routes(app, invoke) -> None:
     """Add /endpoints/<name>/invocations[-response-stream]; `invoke()` answers /invocations."""
-    return None
+    app.add_url_rule("/endpoints/<name>/invocations", "sagemaker_invoke_endpoint",
+                     lambda name: invoke_endpoint(invoke, name), methods=["POST"])
+    app.add_url_rule("/endpoints/<name>/invocations-response-stream",
+                     "sagemaker_invoke_endpoint_stream",
+                     lambda name: invoke_endpoint_stream(invoke, name), methods=["POST"])
