@@ -65,6 +65,22 @@ def _check_dtype(dtype: torch.dtype, device: torch.device) -> None:
                            f"{device.type} runs {names}")
 
 
+def _describe_shard(model, text_config, rank: int) -> str | None:
+    """Which attention heads this rank holds (AutoTP may split them unevenly, e.g. SmolLM2's 9
+    query / 3 KV heads over 2 ranks: 6+3 / 2+1, keeping each KV head with its query heads)."""
+    heads = getattr(text_config, "num_attention_heads", None)
+    if not heads:
+        return None
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    for module in model.modules():
+        q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
+        if getattr(q, "weight", None) is not None and getattr(k, "weight", None) is not None:
+            return (f"rank {rank} holds {q.weight.shape[0] // head_dim} of {heads} query heads "
+                    f"and {k.weight.shape[0] // head_dim} of {kv_heads} KV heads")
+    return None
+
+
 def _warm_up(batch: PaddedKVBatch) -> None:
     """One prefill and one decode on every rank at start: a model DeepSpeed or the batch cannot
     run fails here, with a start-up error, instead of on the first request."""
@@ -107,6 +123,9 @@ class DeepSpeedService:
                                                             "~/.cache/torch_extensions"))
         started = time.monotonic()
         model = load_model(self.model_dir, setup, trust)
+        shard = _describe_shard(model, text_config, dist.rank)
+        if shard:
+            log.info("%s", shard)
         batch = PaddedKVBatch(model, device, regroup=not setup.kernel_injection)
         _warm_up(batch)
         self.max_model_len = min(options.max_tokens, getattr(

@@ -64,7 +64,8 @@ class DeepSpeedRollingBatch:
         self.running: list[Row] = []          # in the batch's row order
         self.last_plan: BatchPlan | None = None
         self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
-                         "prompt_tokens_computed": 0, "generated_tokens": 0}
+                         "prompt_tokens_computed": 0, "generated_tokens": 0,
+                         "requests_joined_running_batch": 0}
 
     # requests ----------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int],
@@ -118,6 +119,8 @@ class DeepSpeedRollingBatch:
             return []
         self.counters["steps"] += 1
         self.counters["prompt_tokens_computed"] += sum(len(r.prompt) for r in joining)
+        if kept:
+            self.counters["requests_joined_running_batch"] += len(joining)
         live = [i for i, row in enumerate(self.running) if row.live]
         if not live:
             return []
