@@ -9,6 +9,7 @@ ranks follow, so every forward and the all-reduces AutoTP puts inside it run on 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -81,6 +82,41 @@ def _describe_shard(model, text_config, rank: int) -> str | None:
     return None
 
 
+def _unlink_allreduce_buffer(rank: int) -> None:
+    """DeepSpeed's CPU all-reduce maps one /dev/shm segment (66 MB) per rank and never unlinks
+    it, so every start or restart of a group would leave two behind. Once every rank has mapped
+    its peers' segments (the warm-up's all-reduces prove it) the names can go; the memory stays
+    mapped until the ranks exit."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+    with contextlib.suppress(FileNotFoundError):
+        (Path("/dev/shm") / name).unlink()
+
+
+def _rows_that_fit(requested: int, text_config, dtype: torch.dtype, tp: int, max_model_len: int,
+                   device: torch.device) -> int:
+    """GPU: cap the batch so full-length rows of KV cache fit in the memory left after loading.
+
+    The batch has no paged pool to run out of: too many rows would end in an out-of-memory
+    crash, so the cap is decided once, from the worst case (every row max_model_len long)."""
+    if device.type != "cuda":
+        return requested
+    heads = text_config.num_attention_heads
+    kv_heads = -(-(getattr(text_config, "num_key_value_heads", None) or heads) // tp)
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    element = torch.tensor([], dtype=dtype).element_size()
+    per_row = 2 * text_config.num_hidden_layers * kv_heads * head_dim * element * max_model_len
+    free, _ = torch.cuda.mem_get_info(device)
+    # room for activations, and for the copy transformers' cache makes of a layer per step
+    budget = free * 0.85 - (2 << 30) - per_row * requested / text_config.num_hidden_layers
+    fits = max(1, int(budget // per_row))
+    if fits < requested:
+        log.warning("max_rolling_batch_size %d lowered to %d: that many rows of %d tokens of KV "
+                    "cache fit in the GPU memory left after loading", requested, fits,
+                    max_model_len)
+    return min(requested, fits)
+
+
 def _warm_up(batch: PaddedKVBatch) -> None:
     """One prefill and one decode on every rank at start: a model DeepSpeed or the batch cannot
     run fails here, with a start-up error, instead of on the first request."""
@@ -128,6 +164,8 @@ class DeepSpeedService:
             log.info("%s", shard)
         batch = PaddedKVBatch(model, device, regroup=not setup.kernel_injection)
         _warm_up(batch)
+        if device.type == "cpu" and tp > 1:
+            _unlink_allreduce_buffer(dist.rank)
         self.max_model_len = min(options.max_tokens, getattr(
             text_config, "max_position_embeddings", None) or options.max_tokens)
         self.vocab_size = int(text_config.vocab_size)
@@ -135,13 +173,19 @@ class DeepSpeedService:
         self.mode = setup.mode
         self.batch = batch
         self.plan_channel = plan_channel
+        self.max_rows = _rows_that_fit(options.max_rolling_batch_size, text_config,
+                                       setup.load_dtype, tp, self.max_model_len, device)
+        if plan_channel is not None:          # every rank must hold rank 0's rows
+            rows = torch.tensor([self.max_rows], dtype=torch.int64)
+            torch.distributed.all_reduce(rows, op=torch.distributed.ReduceOp.MIN,
+                                         group=plan_channel.group)
+            self.max_rows = int(rows[0])
         self.engine = DeepSpeedRollingBatch(
-            batch, self.vocab_size, self.max_model_len, self.eos_token_ids,
-            options.max_rolling_batch_size, options.max_rolling_batch_prefill_tokens,
-            plan_channel)
+            batch, self.vocab_size, self.max_model_len, self.eos_token_ids, self.max_rows,
+            options.max_rolling_batch_prefill_tokens, plan_channel)
         log.info("DeepSpeed model loaded in %.1f s: max_model_len %d, %s batch of up to %d rows",
                  time.monotonic() - started, self.max_model_len,
-                 "rolling" if batch.regroup else "static", options.max_rolling_batch_size)
+                 "rolling" if batch.regroup else "static", self.max_rows)
 
     def model_info(self) -> dict:
         return {
@@ -153,6 +197,7 @@ class DeepSpeedService:
             "max_model_len": self.max_model_len,
             "eos_token_ids": self.eos_token_ids,
             "vocab_size": self.vocab_size,
+            "max_rolling_batch_size": self.max_rows,
         }
 
     # rank 0 ------------------------------------------------------------------------------------
