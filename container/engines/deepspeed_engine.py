@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import values
 from ..config.loader import ServingConfig
 from ..config.options_deepspeed import DeepSpeedOptions
 from ..engine.model_runner import resolve_dtype
@@ -99,16 +100,17 @@ def _rows_that_fit(requested: int, text_config, dtype: torch.dtype, tp: int, max
 
     The batch has no paged pool to run out of: too many rows would end in an out-of-memory
     crash, so the cap is decided once, from the worst case (every row max_model_len long)."""
-    if device.type != "cuda":
+    layers = getattr(text_config, "num_hidden_layers", None)
+    heads = getattr(text_config, "num_attention_heads", None)
+    if device.type != "cuda" or not layers or not heads:
         return requested
-    heads = text_config.num_attention_heads
     kv_heads = -(-(getattr(text_config, "num_key_value_heads", None) or heads) // tp)
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
     element = torch.tensor([], dtype=dtype).element_size()
-    per_row = 2 * text_config.num_hidden_layers * kv_heads * head_dim * element * max_model_len
+    per_row = 2 * layers * kv_heads * head_dim * element * max_model_len
     free, _ = torch.cuda.mem_get_info(device)
     # room for activations, and for the copy transformers' cache makes of a layer per step
-    budget = free * 0.85 - (2 << 30) - per_row * requested / text_config.num_hidden_layers
+    budget = free * 0.85 - (2 << 30) - per_row * requested / layers
     fits = max(1, int(budget // per_row))
     if fits < requested:
         log.warning("max_rolling_batch_size %d lowered to %d: that many rows of %d tokens of KV "
@@ -130,7 +132,7 @@ class DeepSpeedService:
         self.config = config
         options = DeepSpeedOptions.from_options(config.options)
         import_deepspeed()                        # the install hint before anything is loaded
-        trust = (config.option("trust_remote_code", "false") or "").lower() == "true"
+        trust = values.boolean(config.option("trust_remote_code", "false"))
         self.model_dir = resolve_model_dir(config)
         hf_config = _model_config(self.model_dir, trust)
         text_config = hf_config.get_text_config()
