@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -43,6 +44,10 @@ def token_ids(result) -> list[int]:
 def engine_stats(server) -> dict:
     return requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
         "engineStats"]
+
+
+def shm_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +110,25 @@ def test_tp2_stream_matches_the_whole_answer(tiny_server):
     assert lines[-1]["generated_text"] == whole["generated_text"]
 
 
+def test_tp2_client_disconnect_frees_the_row(tiny_server):
+    before = engine_stats(tiny_server)
+    with requests.post(tiny_server.url("/invocations"), timeout=300, stream=True, json={
+            "inputs": "the model", "parameters": {"max_new_tokens": 450, "ignore_eos": True},
+            "stream": True}) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stats = engine_stats(tiny_server)
+        if stats["batch_rows"] == 0 and stats["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert stats["batch_rows"] == 0 and stats["running"] == 0
+    assert stats["requests_aborted"] == before["requests_aborted"] + 1
+    assert stats["generated_tokens"] - before["generated_tokens"] < 450
+
+
 def test_tp2_seeded_sampling_is_reproducible(tiny_server):
     params = {"max_new_tokens": 16, "do_sample": True, "temperature": 0.8, "top_p": 0.9,
               "top_k": 40, "seed": 77, "ignore_eos": True, "details": True}
@@ -133,7 +157,9 @@ def test_tp2_loads_option_checkpoint_through_deepspeed(tiny_dir, tmp_path, hf_to
     (model_dir / "ds_inference_config.json").write_text(json.dumps(
         {"type": "ds_model", "checkpoints": ["weights.pt"], "version": 1.0}))
     prompts = ["the model serves tokens", "café 你好 join"]
+    before = shm_segments()
     server = serve_factory(model_dir).start(timeout=START_TIMEOUT)
+    assert shm_segments() <= before       # DeepSpeed's all-reduce segments are unlinked
     got = [token_ids(lmi(server, p, max_new_tokens=10, details=True, ignore_eos=True))
            for p in prompts]
     assert got == reference_greedy(tiny_dir, [hf_tokenizer(p)["input_ids"] for p in prompts], 10)
