@@ -42,8 +42,15 @@ def token_ids(result) -> list[int]:
 
 
 def engine_stats(server) -> dict:
-    return requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
-        "engineStats"]
+    """The engine's figures; a front-end process that has not reached the worker yet has
+    none, so ask again."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats = requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
+            "engineStats"]
+        if stats or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
 
 
 def shm_segments() -> set[str]:
@@ -76,22 +83,17 @@ def test_tp2_greedy_matches_transformers_while_requests_join(tiny_server, tiny_d
                                                              hf_tokenizer):
     rng = random.Random(3)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 24))) for _ in range(10)]
-    results: dict[int, dict] = {}
-
-    def send(index):
-        time.sleep(index * 0.1)                       # arrivals spread over running steps
-        results[index] = lmi(tiny_server, prompts[index], max_new_tokens=12, details=True,
-                             ignore_eos=True)
-
+    lengths = [8 + i for i in range(10)]          # rows finish one by one: others join them
     before = engine_stats(tiny_server)
-    with futures.ThreadPoolExecutor(10) as pool:
-        list(pool.map(send, range(10)))
+    with futures.ThreadPoolExecutor(10) as pool:  # 10 requests at once for 4 rows
+        results = list(pool.map(lambda i: lmi(tiny_server, prompts[i], max_new_tokens=lengths[i],
+                                              details=True, ignore_eos=True), range(10)))
     after = engine_stats(tiny_server)
     prompt_ids = [hf_tokenizer(p)["input_ids"] for p in prompts]
-    assert [token_ids(results[i]) for i in range(10)] == reference_greedy(tiny_dir, prompt_ids, 12)
-    assert [results[i]["details"]["prompt_tokens"] for i in range(10)] == [
-        len(p) for p in prompt_ids]
-    assert after["steps"] - before["steps"] < 100          # 120 tokens in fewer steps,
+    expected = [reference_greedy(tiny_dir, [p], n)[0] for p, n in zip(prompt_ids, lengths)]
+    assert [token_ids(r) for r in results] == expected
+    assert [r["details"]["prompt_tokens"] for r in results] == [len(p) for p in prompt_ids]
+    assert after["steps"] - before["steps"] < 0.75 * sum(lengths)   # rows shared steps,
     assert after["requests_joined_running_batch"] > before["requests_joined_running_batch"]
     assert "DeepSpeed AutoTP (tp=2" in tiny_server.log
     assert "rank 1 holds 2 of 4 query heads and 1 of 2 KV heads" in tiny_server.log
@@ -195,7 +197,13 @@ def test_deepspeed_style_model_py_runs_on_two_ranks(tiny_dir, tmp_path, hf_token
     copy_dir = tmp_path / "copied-model"
     env = {"MODEL_SOURCE_DIR": str(tiny_dir), "MODEL_COPY_DIR": str(copy_dir)}
     prompts = ["the model serves tokens", "café 你好 join and leave"]
+    before = shm_segments()
     server = serve_factory(model_dir, env=env).start(timeout=START_TIMEOUT)
+    # The user's DeepSpeed leaves its /dev/shm segments (66 MB a rank); the worker's handler
+    # path should unlink them after initialization (container/engines/deepspeed_shm.py). Until
+    # it does, do not leave them behind on the test machine.
+    for name in shm_segments() - before:
+        (Path("/dev/shm") / name).unlink(missing_ok=True)
     answers = []
     for prompt in prompts:
         response = requests.post(server.url("/invocations"), timeout=300, json={

@@ -9,7 +9,6 @@ ranks follow, so every forward and the all-reduces AutoTP puts inside it run on 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from .deepspeed_config import build_setup
 from .deepspeed_model import import_deepspeed, load_model
 from .deepspeed_plan import BatchPlan
 from .deepspeed_rolling import DeepSpeedRollingBatch
+from .deepspeed_shm import unlink_allreduce_buffer
 
 log = logging.getLogger(__name__)
 
@@ -83,42 +83,6 @@ def _describe_shard(model, text_config, rank: int) -> str | None:
     return None
 
 
-def _unlink_allreduce_buffer(rank: int) -> None:
-    """DeepSpeed's CPU all-reduce maps one /dev/shm segment (66 MB) per rank and never unlinks
-    it, so every start or restart of a group would leave two behind. Once every rank has mapped
-    its peers' segments (the warm-up's all-reduces prove it) the names can go; the memory stays
-    mapped until the ranks exit."""
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
-    with contextlib.suppress(FileNotFoundError):
-        (Path("/dev/shm") / name).unlink()
-
-
-def _rows_that_fit(requested: int, text_config, dtype: torch.dtype, tp: int, max_model_len: int,
-                   device: torch.device) -> int:
-    """GPU: cap the batch so full-length rows of KV cache fit in the memory left after loading.
-
-    The batch has no paged pool to run out of: too many rows would end in an out-of-memory
-    crash, so the cap is decided once, from the worst case (every row max_model_len long)."""
-    layers = getattr(text_config, "num_hidden_layers", None)
-    heads = getattr(text_config, "num_attention_heads", None)
-    if device.type != "cuda" or not layers or not heads:
-        return requested
-    kv_heads = -(-(getattr(text_config, "num_key_value_heads", None) or heads) // tp)
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
-    element = torch.tensor([], dtype=dtype).element_size()
-    per_row = 2 * layers * kv_heads * head_dim * element * max_model_len
-    free, _ = torch.cuda.mem_get_info(device)
-    # room for activations, and for the copy transformers' cache makes of a layer per step
-    budget = free * 0.85 - (2 << 30) - per_row * requested / layers
-    fits = max(1, int(budget // per_row))
-    if fits < requested:
-        log.warning("max_rolling_batch_size %d lowered to %d: that many rows of %d tokens of KV "
-                    "cache fit in the GPU memory left after loading", requested, fits,
-                    max_model_len)
-    return min(requested, fits)
-
-
 def _warm_up(batch: PaddedKVBatch) -> None:
     """One prefill and one decode on every rank at start: a model DeepSpeed or the batch cannot
     run fails here, with a start-up error, instead of on the first request."""
@@ -141,6 +105,12 @@ class DeepSpeedService:
             raise StartupError(f"engine=DeepSpeed started {dist.world_size} rank(s) for "
                                f"tensor_parallel_degree={tp}; launch it through serve")
         device = choose_device(dist)
+        if device.type == "cpu" and tp > 1 and os.environ.get("LOCAL_SIZE") != str(tp):
+            # DeepSpeed's CPU all-reduce then skips its shared-memory set-up but still calls
+            # it, and the ranks crash (segfault) at the first forward.
+            raise StartupError(f"engine=DeepSpeed on CPUs needs all {tp} ranks on one host "
+                               f"(LOCAL_SIZE={os.environ.get('LOCAL_SIZE')}): lower "
+                               "option.tensor_parallel_degree to the ranks one host runs")
         plan_channel = None
         if dist.world_size > 1:
             from ..engine.plan_channel import PlanChannel
@@ -167,7 +137,7 @@ class DeepSpeedService:
         batch = PaddedKVBatch(model, device, regroup=not setup.kernel_injection)
         _warm_up(batch)
         if device.type == "cpu" and tp > 1:
-            _unlink_allreduce_buffer(dist.rank)
+            unlink_allreduce_buffer(dist.rank)   # the warm-up's all-reduces ran on all ranks
         self.max_model_len = min(options.max_tokens, getattr(
             text_config, "max_position_embeddings", None) or options.max_tokens)
         self.vocab_size = int(text_config.vocab_size)
