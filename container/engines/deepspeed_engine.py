@@ -83,6 +83,31 @@ def _describe_shard(model, text_config, rank: int) -> str | None:
     return None
 
 
+def _rows_that_fit(requested: int, text_config, dtype: torch.dtype, tp: int, max_model_len: int,
+                   device: torch.device) -> int:
+    """GPU: cap the batch so full-length rows of KV cache fit in the memory left after loading.
+
+    The batch has no paged pool to run out of: too many rows would end in an out-of-memory
+    crash, so the cap is decided once, from the worst case (every row max_model_len long)."""
+    layers = getattr(text_config, "num_hidden_layers", None)
+    heads = getattr(text_config, "num_attention_heads", None)
+    if device.type != "cuda" or not layers or not heads:
+        return requested
+    kv_heads = -(-(getattr(text_config, "num_key_value_heads", None) or heads) // tp)
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    element = torch.tensor([], dtype=dtype).element_size()
+    per_row = 2 * layers * kv_heads * head_dim * element * max_model_len
+    free, _ = torch.cuda.mem_get_info(device)
+    # room for activations, and for the copy transformers' cache makes of a layer per step
+    budget = free * 0.85 - (2 << 30) - per_row * requested / layers
+    fits = max(1, int(budget // per_row))
+    if fits < requested:
+        log.warning("max_rolling_batch_size %d lowered to %d: that many rows of %d tokens of KV "
+                    "cache fit in the GPU memory left after loading", requested, fits,
+                    max_model_len)
+    return min(requested, fits)
+
+
 def _warm_up(batch: PaddedKVBatch) -> None:
     """One prefill and one decode on every rank at start: a model DeepSpeed or the batch cannot
     run fails here, with a start-up error, instead of on the first request."""
