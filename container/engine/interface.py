@@ -23,6 +23,7 @@ class TokenOutput:
     finish_reason: str | None = None   # length | eos_token | stop_sequence, once finished
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    error: str | None = None           # with finish_reason "error": what went wrong, for the client
 
     @property
     def finished(self) -> bool:

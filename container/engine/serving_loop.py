@@ -101,7 +101,7 @@ class ServingLoop:
         finished: dict[bytes, int] = defaultdict(int)
         for out in outputs:
             by_owner[out.owner].append(protocol.TokenDelta(
-                out.request_id, out.new_token_ids, out.logprobs, out.finish_reason, None,
+                out.request_id, out.new_token_ids, out.logprobs, out.finish_reason, out.error,
                 out.num_prompt_tokens, out.num_cached_tokens))
             if out.finished:
                 finished[out.owner] += 1

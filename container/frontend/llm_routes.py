@@ -45,11 +45,15 @@ class LlmContext:
         self.info = info
         self.tokenizer = _load_tokenizer(info["tokenizer_dir"])
         self.max_model_len = int(info["max_model_len"])
+        self.max_input_len = int(info.get("max_input_len") or self.max_model_len)
         self.model_name = config.model_name
 
     def check_length(self, prompt_ids: list[int], max_new_tokens: int, field: str) -> None:
         if not prompt_ids:
             raise bad_request(f"{field}: the prompt is empty")
+        if len(prompt_ids) > self.max_input_len:
+            raise bad_request(f"{field}: the prompt has {len(prompt_ids)} tokens, over this "
+                              f"model's max_input_len={self.max_input_len}; shorten it")
         total = len(prompt_ids) + max_new_tokens
         if total > self.max_model_len:
             raise bad_request(

@@ -44,10 +44,26 @@ def build_service(config: ServingConfig, dist: dist_env.DistEnv, run_dir: RunDir
         from .group import GroupChannel
         from .handler_service import HandlerService
 
+        if dist.world_size > 1 and config.engine == "DeepSpeed":
+            # DJL DeepSpeed model.py files (the SageMaker BLOOM/OPT article's) call
+            # torch.distributed, e.g. dist.barrier(), before deepspeed.init_inference would
+            # create the group: have it ready. deepspeed.init_distributed() then reuses it.
+            from .group import init_process_group
+
+            init_process_group(dist)
         channel = GroupChannel.create(dist, run_dir, generation) if dist.world_size > 1 else None
+        if config.options.get("model_id", "").startswith("s3://"):
+            # as LMI does: handlers get the local copy of an s3:// model_id (fetched once per host)
+            from ..storage.resolve import resolve_model_dir
+
+            config.options["model_id"] = str(resolve_model_dir(config))
         handler = load_handler(config.model_dir, config.options)
         service = HandlerService(config, handler, dist.rank, dist.world_size, channel)
         service.initialize()
+        if dist.world_size > 1 and config.engine == "DeepSpeed":
+            from ..engines.deepspeed_shm import release_after_handler_init
+
+            release_after_handler_init(dist.rank)      # DeepSpeed leaves /dev/shm segments
         return service
     if kind == "native":
         from ..engine.service import build_native_service
