@@ -130,6 +130,19 @@ class NativeService:
         self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel,
                                 overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
+        if device.type == "cuda":
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile the prefill kernels now, not on the first request's time."""
+        from ..workers.protocol import SamplingParams
+
+        prompt = [1 + i % (self.model_config.vocab_size - 1) for i in range(min(64, self.max_model_len - 4))]
+        self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2))
+        while self.engine.has_work():
+            self.engine.step()
+        self.engine.counters = {k: 0 for k in self.engine.counters}
+        self.engine.seconds.clear()
 
     def model_info(self) -> dict:
         return {
