@@ -130,14 +130,15 @@ class NativeService:
         self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel,
                                 overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
-        if device.type == "cuda":
+        if device.type == "cuda" and dist.rank == 0:     # other ranks follow its plans later
             self._warm_up()
 
     def _warm_up(self) -> None:
         """Compile the prefill kernels now, not on the first request's time."""
         from ..workers.protocol import SamplingParams
 
-        prompt = [1 + i % (self.model_config.vocab_size - 1) for i in range(min(64, self.max_model_len - 4))]
+        length = min(64, self.max_model_len - 4)
+        prompt = [1 + i % (self.model_config.vocab_size - 1) for i in range(length)]
         self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2))
         while self.engine.has_work():
             self.engine.step()
