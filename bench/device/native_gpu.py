@@ -247,7 +247,20 @@ def phase_profile() -> None:
         end.record()
         torch.cuda.synchronize()
         ms = start.elapsed_time(end) / 50
-        gemv[name] = {"ms": ms, "TBps": weight.numel() * 2 / ms / 1e9}
+        from container.engine.kernels.gemv import gemv as triton_gemv
+
+        expected = torch.nn.functional.linear(x, weight).float()
+        got = triton_gemv(x, weight).float()
+        error = ((got - expected).norm() / expected.norm()).item()
+        start.record()
+        for _ in range(50):
+            triton_gemv(x, weight)
+        end.record()
+        torch.cuda.synchronize()
+        triton_ms = start.elapsed_time(end) / 50
+        gemv[name] = {"ms": ms, "TBps": weight.numel() * 2 / ms / 1e9,
+                      "triton_ms": triton_ms, "triton_TBps": weight.numel() * 2 / triton_ms / 1e9,
+                      "triton_rel_err": error}
     SUMMARY["gemv_m1"] = gemv
     log(f"GEMV at M=1: {gemv}")
     del service, runner, graphs, graph, layer, weight, x
