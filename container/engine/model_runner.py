@@ -149,6 +149,9 @@ class ModelRunner:
         from .kernels.workspace import DecodeWorkspace
 
         self.decode_workspace = DecodeWorkspace()
+        self._pinned_ring: list[torch.Tensor | None] = [None] * 3   # see _upload
+        self._pinned_events: list = [None] * 3
+        self._pinned_next = -1
 
     @property
     def local_kv_heads(self) -> int:
@@ -177,7 +180,7 @@ class ModelRunner:
         """Device tensors for a step: the plan goes over in one copy and is sliced there."""
         layout = plan.layout()
         host = torch.from_numpy(plan.data)
-        data = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+        data = self._upload(host) if self.device.type == "cuda" else host
 
         def view(name):
             start, size = layout[name]
@@ -202,6 +205,24 @@ class ModelRunner:
             workspace=self.decode_workspace)
         return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
                             num_seqs, max_blocks, view("from_previous"))
+
+    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+        """Copy the plan to the GPU without blocking the CPU: from pageable memory the copy
+        would wait for the step in flight to finish, serialising CPU and GPU again. A ring of
+        pinned buffers keeps each one untouched until its copy has run."""
+        slot = self._pinned_next = (self._pinned_next + 1) % len(self._pinned_ring)
+        ring, events = self._pinned_ring, self._pinned_events
+        if events[slot] is not None:
+            events[slot].synchronize()
+        if ring[slot] is None or ring[slot].numel() < host.numel():
+            ring[slot] = torch.empty(max(host.numel(), 1 << 16), dtype=host.dtype,
+                                     pin_memory=True)
+        staged = ring[slot][:host.numel()]
+        staged.copy_(host)
+        data = staged.to(self.device, non_blocking=True)
+        events[slot] = torch.cuda.Event()
+        events[slot].record()
+        return data
 
     def decode_splits(self, batch: int, max_seq_len: int) -> int:
         from .kernels.workspace import decode_splits
