@@ -130,9 +130,8 @@ class LLMEngine:
         return outputs
 
     def _can_overlap(self) -> bool:
-        # Tensor-parallel ranks would need the sampled tokens too; a repetition penalty needs
-        # every real token before sampling: both run step by step.
-        if not self.overlap or self.plan_channel is not None:
+        # A repetition penalty needs every real token before sampling: run step by step.
+        if not self.overlap:
             return False
         return not any(s.sampling.repetition_penalty != 1.0 for s in self.scheduler.running) \
             and not any(s.sampling.repetition_penalty != 1.0 for s in self.scheduler.waiting)
@@ -161,6 +160,8 @@ class LLMEngine:
             batch = SamplingBatch.build([self._sampling_row(seq) for seq in sampling],
                                         logits.device)
             tokens, logprobs = sample(logits, batch)
+            # other ranks resolve the next step's placeholders from these (no host round trip)
+            tokens = self.runner.tp.broadcast_tokens(tokens.contiguous())
             result.tokens, result.logprobs = tokens, logprobs
             for row, seq in enumerate(sampling):
                 seq.token_ids.append(PLACEHOLDER)        # its value arrives in _finalize
@@ -242,8 +243,15 @@ class LLMEngine:
 
 @torch.inference_mode()
 def follow_steps(runner: ModelRunner, plan_channel) -> None:
-    """Ranks 1..N-1: run every plan rank 0 broadcasts, forever."""
+    """Ranks 1..N-1: run every plan rank 0 broadcasts, forever; receive each step's sampled
+    tokens as rank 0 sends them, for the placeholders of the step after."""
+    previous = None
     while True:
         plan = plan_channel.receive()
-        if plan is not None:
-            runner.execute(plan)
+        if plan is None:
+            continue
+        runner.execute(plan, previous)
+        sampled = plan.layout()["logits_rows"][1]
+        if sampled:
+            previous = runner.tp.broadcast_tokens(
+                torch.empty(sampled, dtype=torch.int64, device=runner.device))

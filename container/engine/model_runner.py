@@ -171,8 +171,12 @@ class ModelRunner:
 
     def capture_graphs(self, max_batch: int, max_model_len: int) -> None:
         """GPU: record decode steps as CUDA graphs (one per batch-size bucket)."""
-        from .cuda_graphs import DecodeGraphs
+        from .cuda_graphs import DecodeGraphs, bucket_sizes
 
+        reducer = self.tp.small_all_reduce
+        if reducer is not None and reducer.enabled:
+            for size in bucket_sizes(max_batch):      # register before capture (collective)
+                reducer.register((size, self.config.hidden_size), self.dtype, self.device)
         self.graphs = DecodeGraphs(self, max_batch, -(-max_model_len // self.block_size))
         self.graphs.capture()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -80,6 +81,20 @@ def _activation_reserve(options: NativeOptions, runner: ModelRunner) -> int:
     return int(tokens * per_token * 2 + logits + (512 << 20))
 
 
+def _small_all_reduce(device: torch.device):
+    """GPU tensor parallelism: the symmetric-memory fast path, if it checks out here."""
+    if device.type != "cuda" or os.environ.get("SERVE_SYMMETRIC_ALLREDUCE", "1") == "0":
+        return None
+    from .parallel import SmallAllReduce
+
+    reducer = SmallAllReduce(torch.distributed.group.WORLD.group_name)
+    if reducer.self_check(device, torch.bfloat16):
+        log.info("small all-reduces: one-shot over symmetric memory")
+        return reducer
+    log.info("small all-reduces: NCCL (symmetric memory unavailable)")
+    return None
+
+
 class NativeService:
     def __init__(self, config: ServingConfig, dist: DistEnv):
         self.config = config
@@ -96,6 +111,7 @@ class NativeService:
 
             init_process_group(dist)
             self.plan_channel = PlanChannel()
+            tp = TensorParallel(dist.rank, dist.world_size, _small_all_reduce(device))
         max_len = self.options.max_model_len or model_config.max_position_embeddings
         if model_config.sliding_window and model_config.sliding_window < max_len:
             log.info("capping max_model_len at the sliding window (%d)", model_config.sliding_window)
