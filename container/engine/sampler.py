@@ -19,12 +19,12 @@ _MASK32 = 0xFFFFFFFF
 
 @dataclass
 class SamplingBatch:
-    temperature: torch.Tensor          # [B] float32, 0 = greedy
-    top_k: torch.Tensor                # [B] int64, 0 = off
-    top_p: torch.Tensor                # [B] float32, 1 = off
-    repetition_penalty: torch.Tensor   # [B] float32, 1 = off
-    seed: torch.Tensor                 # [B] int64
-    step: torch.Tensor                 # [B] int64: output tokens so far
+    temperature: torch.Tensor | None   # [B] float32, 0 = greedy (None: every row greedy)
+    top_k: torch.Tensor | None         # [B] int64, 0 = off
+    top_p: torch.Tensor | None         # [B] float32, 1 = off
+    repetition_penalty: torch.Tensor | None  # [B] float32, 1 = off
+    seed: torch.Tensor | None          # [B] int64
+    step: torch.Tensor | None          # [B] int64: output tokens so far
     penalty_tokens: torch.Tensor | None = None   # [B, L] int64, -1 padded
     all_greedy: bool = True
     any_top_k: bool = False
@@ -34,29 +34,40 @@ class SamplingBatch:
     @classmethod
     def build(cls, rows: list[dict], device: torch.device) -> "SamplingBatch":
         """rows: dicts with temperature, top_k, top_p, repetition_penalty, seed, step,
-        tokens (only read when a penalty applies), logprobs."""
-        def column(name, dtype):
-            return torch.tensor([r[name] for r in rows], dtype=dtype).to(device, non_blocking=True)
+        tokens (only read when a penalty applies), logprobs.
 
-        penalties = [r["repetition_penalty"] for r in rows]
+        Greedy batches need no per-row tensors at all. Otherwise the columns go over in one
+        pinned, asynchronous copy: a pageable copy would make the CPU wait for the GPU's
+        queued work and stall the overlapped steps."""
+        all_greedy = all(r["temperature"] == 0 for r in rows)
+        penalties = any(r["repetition_penalty"] != 1.0 for r in rows)
+        want_logprobs = any(r["logprobs"] for r in rows)
+        if all_greedy and not penalties:
+            return cls(None, None, None, None, None, None, all_greedy=True,
+                       want_logprobs=want_logprobs)
+        floats = _to_device([[r["temperature"], r["top_p"], r["repetition_penalty"]] for r in rows],
+                            torch.float32, device)
+        ints = _to_device([[r["top_k"], r["seed"], r["step"]] for r in rows], torch.int64, device)
         penalty_tokens = None
-        if any(p != 1.0 for p in penalties):
+        if penalties:
             width = max(len(r["tokens"]) for r in rows)
-            padded = [r["tokens"] + [-1] * (width - len(r["tokens"])) for r in rows]
-            penalty_tokens = torch.tensor(padded, dtype=torch.int64).to(device, non_blocking=True)
+            penalty_tokens = _to_device([r["tokens"] + [-1] * (width - len(r["tokens"]))
+                                         for r in rows], torch.int64, device)
         return cls(
-            temperature=column("temperature", torch.float32),
-            top_k=column("top_k", torch.int64),
-            top_p=column("top_p", torch.float32),
-            repetition_penalty=column("repetition_penalty", torch.float32),
-            seed=column("seed", torch.int64),
-            step=column("step", torch.int64),
-            penalty_tokens=penalty_tokens,
-            all_greedy=all(r["temperature"] == 0 for r in rows),
+            temperature=floats[:, 0], top_k=ints[:, 0], top_p=floats[:, 1],
+            repetition_penalty=floats[:, 2], seed=ints[:, 1], step=ints[:, 2],
+            penalty_tokens=penalty_tokens, all_greedy=all_greedy,
             any_top_k=any(r["top_k"] > 0 and r["temperature"] > 0 for r in rows),
             any_top_p=any(r["top_p"] < 1.0 and r["temperature"] > 0 for r in rows),
-            want_logprobs=any(r["logprobs"] for r in rows),
+            want_logprobs=want_logprobs,
         )
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
