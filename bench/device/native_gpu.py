@@ -174,7 +174,7 @@ def phase_offline() -> None:
     command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
                "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
                "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
-               "--option", "max_rolling_batch_prefill_tokens=8192",
+               "--option", "max_rolling_batch_prefill_tokens=16384",
                "--peers", "generate_batch", "--label", "W4_offline_256x128_128",
                "--results-dir", str(OUT)]
     subprocess.call(command, cwd=REPO)

@@ -32,8 +32,8 @@ def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
     load_s = time.perf_counter() - started
     engine = service.engine
     sampling = SamplingParams(max_new_tokens=output_len, ignore_eos=True)
-    for warm in range(2):                                   # compile kernels, first touches
-        engine.add_request(f"warm{warm}", prompts[warm], SamplingParams(max_new_tokens=4))
+    for warm, prompt in enumerate(prompts[:2]):             # compile kernels, first touches
+        engine.add_request(f"warm{warm}", prompt, SamplingParams(max_new_tokens=4))
     while engine.has_work():
         engine.step()
     _sync()
