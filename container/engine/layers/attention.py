@@ -53,6 +53,8 @@ class TorchPagedAttention:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         write_kv(kv_cache, k, v, meta.slot_mapping)
+        if meta.decode_only and len(meta.seq_lens_host) > 1:
+            return self._decode_batch(q, kv_cache, meta)
         block_size = kv_cache.shape[2]
         out = torch.empty_like(q)
         starts = meta.query_start_host
@@ -63,6 +65,22 @@ class TorchPagedAttention:
             values = kv_cache[1, blocks].flatten(0, 1)[:seq_len]
             out[q_start:q_end] = self._attend(q[q_start:q_end], keys, values, seq_len)
         return out
+
+    def _decode_batch(self, q, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        """One query token per sequence: gather every sequence's blocks at once and run one
+        masked SDPA over the padded batch (instead of a call per sequence)."""
+        block_size = kv_cache.shape[2]
+        blocks = -(-meta.max_seq_len // block_size)
+        tables = meta.block_tables[:, :blocks]
+        batch, heads, dim = q.shape
+        keys = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)      # [B, Hk, L, D]
+        values = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
+        length = keys.shape[2]
+        visible = torch.arange(length, device=q.device)[None, :] < meta.seq_lens[:, None]
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), keys, values, attn_mask=visible[:, None, None, :],
+            scale=self.scale, enable_gqa=True)
+        return out.squeeze(2)
 
     def _attend(self, q, keys, values, seq_len):
         n = q.shape[0]
