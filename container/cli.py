@@ -21,6 +21,7 @@ from pathlib import Path
 from .config.loader import ServingConfig, load_config
 from .errors import StartupError
 from .logging_setup import setup_logging
+from .metrics import prepare_multiprocess_dir
 from .workers.launcher import placement_note
 from .workers.rundir import RunDir
 from .workers.supervisor import Supervisor
@@ -90,6 +91,7 @@ class Server:
         self.config = config
         self.listener = listener
         self.run_dir = RunDir.create()
+        prepare_multiprocess_dir(self.run_dir.path)   # before any process that records metrics
         self.run_dir.write_atomic(self.run_dir.config_path, config.to_json())
         self.supervisor = Supervisor(config, self.run_dir)
         self.frontend: subprocess.Popen | None = None

@@ -101,6 +101,7 @@ class S3Proxy:
         self.requests: collections.Counter = collections.Counter()
         self.faults: list[Fault] = []
         self.injected: collections.Counter = collections.Counter()
+        self.stopped = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -152,6 +153,10 @@ class S3Proxy:
         with self.lock:
             self.requests[(method, key)] += 1
         fault = self._fault_for(method, key)
+        if fault == "stall":                      # accept, then never answer (until stop)
+            self.stopped.wait(600)
+            request.close_connection = True
+            return
         if fault == "drop":                       # connection closed, no answer
             request.close_connection = True
             request.connection.shutdown(2)
@@ -201,6 +206,7 @@ class S3Proxy:
             request.wfile.write(data)
 
     def stop(self) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -133,6 +133,13 @@ def test_memory_error_is_507(faulty_server):
     assert_still_serves(faulty_server)
 
 
+def test_handler_that_really_exhausts_memory_is_507(faulty_server):
+    """Not a raised MemoryError: the handler allocates until its address space runs out."""
+    body = assert_error(post(faulty_server, {"action": "exhaust"}), 507, "OutOfMemory")
+    assert "Traceback" not in body["message"]
+    assert_still_serves(faulty_server)
+
+
 def test_body_over_limit_is_413(faulty_server):
     big = {"action": "ok", "pad": "x" * (1024 * 1024 + 10)}
     assert_error(post(faulty_server, big), 413, "PayloadTooLarge")

@@ -40,6 +40,9 @@ class ServingLoop:
     def __init__(self, engine: GenerationEngine, ipc: IpcServer):
         self.engine = engine
         self.ipc = ipc
+        from ..metrics import metrics
+
+        self.queue_time = metrics().queue_seconds.labels("llm")
 
     def run_forever(self) -> None:
         engine = self.engine
@@ -95,6 +98,8 @@ class ServingLoop:
             return
         self.engine.add_request(request.request_id, request.prompt_token_ids, request.sampling,
                                 identity)
+        if request.arrival_time:
+            self.queue_time.observe(max(time.time() - request.arrival_time, 0.0))
 
     def send(self, outputs: list[TokenOutput]) -> None:
         by_owner: dict[bytes, list[protocol.TokenDelta]] = defaultdict(list)

@@ -11,8 +11,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..config.loader import ServingConfig
 from ..errors import ServingError
+from ..metrics import metrics
 from ..workers.rundir import RunDir
 from . import handler_proxy
+from .metrics_route import register_metrics_route
 from .engine_client import get_client
 from .http_utils import INFERENCE_ID_HEADER, error_response, json_response, request_id
 
@@ -46,10 +48,14 @@ def create_app(run_dir: str) -> Flask:
             response.headers[INFERENCE_ID_HEADER] = g.request_id
         rid, method, path, started = g.request_id, request.method, request.path, g.started
         status = response.status_code
+        route = request.url_rule.rule if request.url_rule else "unmatched"
 
         def log_line():
-            access_log.info("%s %s %s %d %.1fms", rid, method, path, status,
-                            (time.monotonic() - started) * 1000)
+            elapsed = time.monotonic() - started
+            access_log.info("%s %s %s %d %.1fms", rid, method, path, status, elapsed * 1000)
+            m = metrics()
+            m.requests.labels(route, method, str(status)).inc()
+            m.request_seconds.labels(route).observe(elapsed)
         response.call_on_close(log_line)
         return response
 
@@ -150,4 +156,5 @@ def create_app(run_dir: str) -> Flask:
 
     register_openai_routes(app, client, config)
     register_sagemaker_routes(app, invoke)
+    register_metrics_route(app, client)
     return app

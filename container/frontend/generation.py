@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import gevent
 
 from ..errors import ServingError
+from ..metrics import metrics
 from ..text.incremental import IncrementalText
 from ..text.tokenizer import TextTokenizer
 from ..workers import protocol
@@ -59,6 +60,7 @@ class Generation:
         self.result = Result("", "length", prompt_tokens=len(prompt_ids), started=time.monotonic())
         self.done = False
         self._box = None
+        self._last_token_time: float | None = None
 
     def start(self) -> "Generation":
         generation = self.client.ready_generation()
@@ -86,6 +88,7 @@ class Generation:
                 self.client.release(self.request_id)
             else:
                 self.client.abort(self.request_id)   # client left, or an error: free the KV
+            self._record_end()
 
     def run(self) -> Result:
         for _ in self.pieces():
@@ -98,8 +101,8 @@ class Generation:
             raise ServingError(400 if delta.finish_reason == "error" else 500, "BadRequest",
                                delta.error)
         result = self.result
-        if result.first_token_time is None and delta.token_ids:
-            result.first_token_time = time.monotonic()
+        if delta.token_ids:
+            self._record_token_times(len(delta.token_ids))
         result.cached_tokens = delta.num_cached_tokens
         tokens = []
         for i, token in enumerate(delta.token_ids):
@@ -119,6 +122,31 @@ class Generation:
             text += self.text.finish() if not update.stopped else ""
             result.text = self.text.text
         return Piece(tokens, text)
+
+    def _record_token_times(self, count: int) -> None:
+        now = time.monotonic()
+        m = metrics()
+        if self.result.first_token_time is None:
+            self.result.first_token_time = now
+            m.ttft_seconds.observe(now - self.result.started)
+            count -= 1
+        elif self._last_token_time is not None:
+            # several tokens in one delta were made over several steps: share the gap
+            gap = (now - self._last_token_time) / count
+            for _ in range(count):
+                m.itl_seconds.observe(gap)
+        self._last_token_time = now
+
+    def _record_end(self) -> None:
+        m = metrics()
+        result = self.result
+        m.generation_tokens.inc(len(result.tokens))
+        if self.done:
+            m.prompt_tokens.inc(result.prompt_tokens)
+            m.e2e_seconds.observe(time.monotonic() - result.started)
+            m.finished.labels(result.finish_reason).inc()
+        elif self._box is not None:
+            m.finished.labels("abort").inc()
 
     def _finish_early(self) -> None:
         """A stop sequence matched in the front end: the engine must stop this request too."""

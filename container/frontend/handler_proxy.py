@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import gevent
 from flask import Response, request
@@ -38,7 +39,7 @@ def build_handle_request(request_id: str, generation: int) -> protocol.HandleReq
             content.append((key, upload.read()))
     elif body:
         content.append(("data", body))
-    return protocol.HandleRequest(request_id, generation, properties, content)
+    return protocol.HandleRequest(request_id, generation, properties, content, time.time())
 
 
 def _first_reply(box, timeout: float):

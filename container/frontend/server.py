@@ -22,6 +22,16 @@ def _worker_exit(server, worker) -> None:
     close_client()
 
 
+def _child_exit(server, worker) -> None:
+    """A gunicorn worker is gone: drop its live gauges from the merged metrics."""
+    from ..metrics import multiprocess_enabled
+
+    if multiprocess_enabled():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 class FrontendApplication(BaseApplication):
     def __init__(self, run_dir: str, fd: int, config: ServingConfig):
         self.run_dir = run_dir
@@ -44,6 +54,7 @@ class FrontendApplication(BaseApplication):
             "limit_request_line": 8190,
             "control_socket_disable": True,
             "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

@@ -46,6 +46,16 @@ class Batch:
     started: float = field(default_factory=time.monotonic)
 
 
+def _observe_queue_time(kind: str, arrivals: list[float]) -> None:
+    from ..metrics import metrics
+
+    now = time.time()
+    histogram = metrics().queue_seconds.labels(kind)
+    for arrival in arrivals:
+        if arrival:
+            histogram.observe(max(now - arrival, 0.0))
+
+
 def _error_body(code: int, type_: str, message: str) -> bytes:
     import json
 
@@ -124,6 +134,7 @@ class HandlerService:
         while True:
             items = self._collect_batch()
             batch = Batch(items)
+            _observe_queue_time("handler", [p.request.arrival_time for p in items])
             if self.is_async:
                 asyncio.run_coroutine_threadsafe(self._run_async(batch), self._loop)
             else:

@@ -16,7 +16,8 @@ from ..config.loader import ServingConfig
 WORKER_MODULE = "container.workers.worker_main"
 # Variables every rank needs; mpirun forwards only what -x names.
 _FORWARDED = ("SERVE_RUN_DIR", "SERVE_GENERATION", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH",
-              "PATH", "HOME", "CUDA_VISIBLE_DEVICES", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+              "PROMETHEUS_MULTIPROC_DIR", "PATH", "HOME", "CUDA_VISIBLE_DEVICES", "AWS_ENDPOINT_URL",
+              "AWS_ACCESS_KEY_ID",
               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
               "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
               # SageMaker / ECS task roles, EKS web identity, IMDS switch: the role chain

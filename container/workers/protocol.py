@@ -28,6 +28,7 @@ class HandleRequest(msgspec.Struct, tag="handle", tag_field="kind"):
     generation: int
     properties: dict[str, str]
     content: list[tuple[str, bytes]]
+    arrival_time: float = 0.0        # time.time() at the front end: queue-time metric
 
 
 class GenerateRequest(msgspec.Struct, tag="generate", tag_field="kind"):

@@ -22,6 +22,7 @@ class WorkerStatus:
     generation: int = 0
     message: str = ""
     restarts: int = 0
+    load_seconds: float = 0.0                     # the last load of the worker group
     model: dict = field(default_factory=dict)     # published by rank 0 once loaded
     updated: float = 0.0
 

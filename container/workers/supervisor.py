@@ -69,12 +69,17 @@ class Supervisor:
             if code is None and ready.exists():
                 info = json.loads(ready.read_text(encoding="utf-8"))
                 self.ever_ready = True
+                self.status.load_seconds = round(time.monotonic() - self.started_at, 3)
                 self.set_state("ready", "ready", model=info)
                 log.info("worker group %d is ready (%.1f s)", self.generation,
-                         time.monotonic() - self.started_at)
+                         self.status.load_seconds)
                 return
             if code is None and time.monotonic() - self.started_at > self.loading_timeout:
                 self.kill()
+                if self.ever_ready:     # a reload that hangs (e.g. storage stalled): try again
+                    self._schedule_restart(f"the model did not load within "
+                                           f"model_loading_timeout={self.loading_timeout:g}s")
+                    return
                 raise StartupError(
                     f"the model did not load within model_loading_timeout="
                     f"{self.loading_timeout:g}s: raise option.model_loading_timeout or check "

@@ -52,6 +52,10 @@ def build_service(config: ServingConfig, dist: dist_env.DistEnv, run_dir: RunDir
 
             init_process_group(dist)
         channel = GroupChannel.create(dist, run_dir, generation) if dist.world_size > 1 else None
+        if dist.is_driver:
+            from .handler_metrics import capture_handler_metrics
+
+            capture_handler_metrics()
         if config.options.get("model_id", "").startswith("s3://"):
             # as LMI does: handlers get the local copy of an s3:// model_id (fetched once per host)
             from ..storage.resolve import resolve_model_dir

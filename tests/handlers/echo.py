@@ -1,5 +1,6 @@
 """Echo handler with dynamic batching, written only against the djl_python API."""
 import os
+import time
 
 from djl_python import Input, Output
 
@@ -14,6 +15,8 @@ def handle(inputs: Input):
     batch = inputs.get_batches()
     for index, item in enumerate(batch):
         data = item.get_data()
+        if isinstance(data, dict) and isinstance(data.get("sleep"), (int, float)):
+            time.sleep(min(float(data["sleep"]), 5.0))   # a slow model, for load tests
         reply = {
             "echo": data,
             "batch_size": len(batch),
@@ -29,4 +32,6 @@ def handle(inputs: Input):
         else:
             outputs.add_as_json(reply)
     outputs.add_property("content-type", "application/json")
+    # DJL's custom-metric line on stdout: the server turns it into a Prometheus sample
+    print(f"[METRICS]EchoBatchSize.Count:{len(batch)}|#Model:echo", flush=True)
     return outputs
