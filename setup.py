@@ -35,7 +35,7 @@ setup(
         "bench": ["matplotlib>=3.8"],
         # The SDK examples and their tests use sagemaker.core (SDK v3); about 1 GB installed.
         "sagemaker": ["sagemaker>=3.20,<4"],
-        "test": ["pytest>=8", "requests>=2.31", "openai>=1.40", "moto[server]>=5",
+        "test": ["pytest>=8", "requests>=2.31", "psutil>=5.9", "openai>=1.40", "moto[server]>=5",
                  "hypothesis>=6.100", "accelerate>=0.30", "gguf>=0.10",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # the GPU kernels' tests run on CPU through Triton's interpreter

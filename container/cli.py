@@ -129,6 +129,10 @@ class Server:
     def shutdown(self, drain: bool) -> None:
         """Front end first (it drains requests in flight), then the worker group."""
         grace = float(self.config.setting("graceful_timeout")) + 10 if drain else 5.0
+        if drain:
+            # New requests get 503 from now on; requests in flight carry on (the front end's
+            # watcher fails requests only when the worker group changes or dies).
+            self.supervisor.set_state("stopping", "server is shutting down")
         if self.frontend and self.frontend.poll() is None:
             # gunicorn: TERM = graceful (finish requests), QUIT = quick
             self.frontend.send_signal(signal.SIGTERM if drain else signal.SIGQUIT)

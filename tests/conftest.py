@@ -130,6 +130,17 @@ def run_serve_to_exit(model_dir, env: dict | None = None, timeout: float = 120,
     return result.returncode, result.stdout, result.stderr
 
 
+def wait_for(predicate, timeout=60.0, interval=0.1):
+    """Poll until `predicate()` is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached")
+
+
 def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("serve: error:")]
     assert len(lines) == 1, f"expected one 'serve: error:' line, got:\n{stderr}"

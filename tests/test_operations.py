@@ -10,12 +10,12 @@ import signal
 import threading
 import time
 
-import psutil
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import HANDLERS, error_line, handler_dir, run_serve_to_exit
+from conftest import HANDLERS, error_line, handler_dir, run_serve_to_exit, wait_for
+from container.bench.soak import tree_rss_mib
 from tiny_models import build_model, reference_greedy
 
 
@@ -33,27 +33,6 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
 
 def value(samples, metric, **labels) -> float:
     return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(predicate, timeout=60.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError("condition not reached")
-
-
-def tree_rss(pid: int) -> int:
-    root = psutil.Process(pid)
-    total_rss = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total_rss += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total_rss
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -140,7 +119,7 @@ def test_burst_of_ten_times_the_queue_handler(tmp_path, serve_factory):
     server = serve_factory(handler_dir(tmp_path, "echo", f"job_queue_size={queue_size}\n"
                                                          "batch_size=1\n")).start()
     requests.post(server.url("/invocations"), json={"warm": 1}, timeout=10)
-    rss_before = tree_rss(server.process.pid)
+    rss_before = tree_rss_mib(server.process.pid)
 
     def send(i):
         started = time.monotonic()
@@ -163,8 +142,8 @@ def test_burst_of_ten_times_the_queue_handler(tmp_path, serve_factory):
             assert response.json()["type"] == "QueueFull"
             assert int(response.headers["Retry-After"]) >= 1
             assert elapsed < 3.0, "rejections must not wait behind the accepted requests"
-    growth = tree_rss(server.process.pid) - rss_before
-    assert growth < 150 * 2**20, f"serve grew by {growth / 2**20:.0f} MiB over three bursts"
+    growth = tree_rss_mib(server.process.pid) - rss_before
+    assert growth < 150, f"serve grew by {growth:.0f} MiB over three bursts"
     assert requests.post(server.url("/invocations"), json={"after": 1}, timeout=10).ok
 
 
@@ -316,3 +295,23 @@ def test_sigterm_finishes_streams_in_flight_refuses_new_work_and_exits_zero(tiny
     assert all(len(lines) == new_tokens for lines in results.values()), \
         {i: len(lines) for i, lines in results.items()}
     assert server.wait_exit(60) == 0
+
+
+def test_remote_code_in_a_checkpoint_never_runs_by_default(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "evil"
+    shutil.copytree(tiny_dir, model)
+    marker = tmp_path / "remote-code-ran"
+    config = json.loads((model / "config.json").read_text())
+    config.update(architectures=["EvilForCausalLM"], model_type="evil",
+                  auto_map={"AutoConfig": "evil.EvilConfig",
+                            "AutoModelForCausalLM": "evil.EvilForCausalLM"})
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    code, _, stderr = run_serve_to_exit(model, timeout=90)
+    assert code != 0
+    line = error_line(stderr)
+    assert "EvilForCausalLM" in line
+    assert not marker.exists(), "the checkpoint's code ran without option.trust_remote_code"

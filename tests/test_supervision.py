@@ -10,17 +10,7 @@ import time
 
 import requests
 
-from conftest import error_line, handler_dir, run_serve_to_exit, write_model
-
-
-def wait_for(predicate, timeout=60, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached")
+from conftest import error_line, handler_dir, run_serve_to_exit, wait_for, write_model
 
 
 def ping_status(server) -> int:

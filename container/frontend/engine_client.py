@@ -141,8 +141,9 @@ class EngineClient:
             status = self.status.get()
             if not self.pending:
                 continue
+            draining = status.state == "stopping"      # in-flight requests may finish
             for request_id, (box, generation) in list(self.pending.items()):
-                if generation != status.generation or not status.ready:
+                if generation != status.generation or not (status.ready or draining):
                     self.pending.pop(request_id, None)
                     box.put(WorkerGone(f"the worker stopped while handling the request "
                                        f"({status.message or status.state})"))
