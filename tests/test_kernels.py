@@ -113,6 +113,45 @@ def test_fused_silu_and_mul():
     assert torch.allclose(fused.silu_and_mul(x), torch.nn.functional.silu(gate) * up, atol=1e-5)
 
 
+def test_decode_plan_unpacks_into_the_graph_inputs():
+    """The decode graph's first kernel: a StepPlan's decode arrays into the static inputs,
+    placeholders resolved from the previous step's tokens, padding rows past the batch."""
+    from container.engine.kernels.step_inputs import unpack_decode_plan
+    from container.engine.model_runner import PLACEHOLDER, StepPlan
+    from container.engine.scheduler import ScheduledSeq
+    from container.engine.sequence import Sequence
+    from container.workers.protocol import SamplingParams
+
+    seqs = []
+    for i, (length, blocks) in enumerate([(5, [7]), (37, [3, 9, 4]), (17, [11, 2])]):
+        seq = Sequence(str(i), list(range(100 + i, 100 + i + length)),
+                       SamplingParams(max_new_tokens=8))
+        seq.block_ids = blocks
+        seq.num_computed_tokens = length - 1
+        seqs.append(seq)
+    seqs[0].token_ids[-1] = PLACEHOLDER
+    seqs[2].token_ids[-1] = PLACEHOLDER
+    plan = StepPlan.build([ScheduledSeq(seq, 1) for seq in seqs], 16,
+                          {id(seqs[0]): 4, id(seqs[2]): 1})
+    previous = torch.tensor([50, 51, 52, 53, 54, 55])
+    rows, width, scratch = 5, 32, 999
+    input_ids = torch.full((rows,), -7, dtype=torch.int64)
+    positions, slots, seq_lens = input_ids.clone(), input_ids.clone(), input_ids.clone()
+    tables = torch.full((8, width), -7, dtype=torch.int64)
+    buffer = torch.full((plan.data.shape[0] + 40,), -7, dtype=torch.int64)
+    buffer[:plan.data.shape[0]] = torch.from_numpy(plan.data)
+    unpack_decode_plan(buffer, previous, input_ids, positions, slots, seq_lens, tables[:rows],
+                       scratch)
+    assert input_ids.tolist() == [54, 100 + 1 + 36, 51, 0, 0]
+    assert positions.tolist() == [4, 36, 16, 0, 0]
+    assert slots.tolist() == [7 * 16 + 4, 4 * 16 + 4, 2 * 16 + 0, scratch, scratch]
+    assert seq_lens.tolist() == [5, 37, 17, 0, 0]
+    assert tables[0, :16].tolist() == [7] + [0] * 15
+    assert tables[1, :16].tolist() == [3, 9, 4] + [0] * 13
+    assert tables[2, :16].tolist() == [11, 2] + [0] * 14
+    assert (tables[:, 16:] == -7).all() and (tables[3:] == -7).all()
+
+
 def test_whole_engine_on_the_kernel_path_matches_transformers(monkeypatch, tmp_path):
     from container.engine.model_config import ModelConfig
     from test_engine import make_engine, random_prompts, run_staggered
