@@ -40,3 +40,33 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _gemv_kernel[grid](x, weight, out, n, k, weight.stride(0))
     return out
+
+
+@triton.autotune(configs=CONFIGS, key=["N", "K"])
+@triton.jit
+def _silu_mul_gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # x = [gate | up] of one token; the product's input is silu(gate) * up, rounded as
+    # fused.silu_and_mul rounds it, computed on the fly instead of in a kernel of its own
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for start in range(0, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        gate = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0)
+        x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+def silu_mul_gemv(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """gate_up [1, 2K] -> (silu(gate) * up) @ weight[N, K]^T, [1, N]."""
+    n, k = weight.shape
+    out = torch.empty(1, n, dtype=gate_up.dtype, device=gate_up.device)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    _silu_mul_gemv_kernel[grid](gate_up, weight, out, n, k, weight.stride(0))
+    return out

@@ -200,10 +200,15 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
     return out
 
 
+# launch shape of the split kernel (bench/device/decode_profile.py sweeps these)
+DECODE_CONFIG = {"block_n": 64, "num_warps": 4, "num_stages": 3}
+
+
 def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float, splits: int,
                  workspace: DecodeWorkspace, out: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence: q [B, Hq, D] -> [B, Hq, D]."""
+    config = DECODE_CONFIG
     batch, q_heads, dim = q.shape
     _, _, page, kv_heads, _ = kv_cache.shape
     group = q_heads // kv_heads
@@ -217,7 +222,8 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
         block_tables.stride(0),
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
         GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
+        BLOCK_N=config["block_n"], SPLITS=splits, num_warps=config["num_warps"],
+        num_stages=config["num_stages"])
     if splits == 1:
         return out
     _decode_merge_kernel[(batch, q_heads)](
