@@ -9,8 +9,7 @@ taking placeholder tokens from the previous step's sampled tokens, and ends with
 token of every row, written to the same fixed token buffer the next step reads: a greedy step
 needs nothing outside the graph but the plan upload and the copy of its tokens to the host.
 Rows beyond the real batch are padding: they write their KV to the cache's scratch slot and
-attend to nothing (sequence length 0). Small batches also prefetch the next weights into L2
-on a side stream (kernels/prefetch.py).
+attend to nothing (sequence length 0).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import time
 
 import torch
 
-from .kernels.prefetch import PREFETCH
 from .layers.attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
@@ -71,7 +69,6 @@ class DecodeGraphs:
                        self._meta(size))
         logits = model.compute_logits(hidden)
         torch.argmax(logits, dim=-1, out=self.tokens[:size])
-        PREFETCH.finish()
         return logits
 
     @torch.inference_mode()
@@ -84,15 +81,10 @@ class DecodeGraphs:
                 self.splits[size] = self.runner.decode_splits(
                     size, self.max_blocks * self.runner.block_size)
                 for _ in range(2):                                 # compile kernels, warm up
-                    PREFETCH.start(size, self.runner.device)
                     self._forward(size)
                 graph = torch.cuda.CUDAGraph()
-                PREFETCH.start(size, self.runner.device)
-                try:
-                    with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                        self.outputs[size] = self._forward(size)
-                finally:
-                    PREFETCH.active = False
+                with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                    self.outputs[size] = self._forward(size)
                 self.graphs[size] = graph
         self.sizes = sorted(self.graphs)
         torch.cuda.current_stream().wait_stream(stream)

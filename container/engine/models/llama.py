@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..kernels import gpu_kernels
-from ..kernels.prefetch import PREFETCH
 from ..layers.attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -39,7 +38,6 @@ class LlamaAttention(nn.Module):
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
         tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
-        PREFETCH.ahead(self.o_proj.weight, whole=True)     # during rotary + attention
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(tokens, self.num_heads, self.head_dim)
@@ -66,7 +64,6 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x):
         gate_up = self.gate_up_proj(x)
-        PREFETCH.ahead(self.down_proj.weight)                # during silu
         fused = gpu_kernels(x)
         if fused:
             return self.down_proj(fused.silu_and_mul(gate_up))
@@ -89,7 +86,6 @@ class LlamaDecoderLayer(nn.Module):
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         hidden = self.self_attn(positions, hidden, kv_cache, meta)
-        PREFETCH.ahead(self.mlp.gate_up_proj.weight)         # during the norm
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -104,17 +100,11 @@ class LlamaModel(nn.Module):
                                     for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids, positions, kv_caches, meta, head_weight=None):
+    def forward(self, input_ids, positions, kv_caches, meta):
         hidden = self.embed_tokens(input_ids)
         residual = None
-        layers = self.layers
-        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+        for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-            # the next product's weight, during the norm that comes first
-            following = layers[i + 1].self_attn.qkv_proj.weight if i + 1 < len(layers) \
-                else head_weight
-            if following is not None:
-                PREFETCH.ahead(following)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -143,7 +133,7 @@ class LlamaForCausalLM(nn.Module):
         return [layer.self_attn for layer in self.model.layers]
 
     def forward(self, input_ids, positions, kv_caches, meta) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, meta, self.lm_head.weight)
+        return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
