@@ -69,6 +69,26 @@ def test_paged_attention_kernels_match_the_reference(group, kv_heads, dim, page,
             assert torch.allclose(decoded, reference, atol=1e-4), splits
 
 
+def test_decode_split_merge_in_kernel_leaves_its_counters_at_zero():
+    from container.engine.kernels import paged_attention
+
+    cache, meta, q, k, v = paged_case(4, 2, 64, 16, [37, 5, 100, 1], [1, 1, 1, 1])
+    write_kv(cache, k, v, meta.slot_mapping)
+    workspace = DecodeWorkspace()
+    first = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5, workspace)
+    assert workspace.arrivals(4, 2, q.device).eq(0).all()
+    again = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5, workspace)
+    assert torch.equal(first, again)
+    separate = dict(paged_attention.DECODE_CONFIGS[True], merge_here=False)
+    paged_attention.DECODE_OVERRIDE = separate
+    try:
+        merged_apart = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5,
+                                    DecodeWorkspace())
+    finally:
+        paged_attention.DECODE_OVERRIDE = None
+    assert torch.allclose(first, merged_apart, atol=1e-5)
+
+
 def test_decode_kernel_ignores_padding_rows():
     cache, meta, q, k, v = paged_case(2, 2, 32, 8, [9, 0], [1, 1])
     write_kv(cache, k[:1], v[:1], meta.slot_mapping[:1])
@@ -111,6 +131,24 @@ def test_fused_silu_and_mul():
     x = torch.randn(3, 2 * 1500)
     gate, up = x.chunk(2, dim=-1)
     assert torch.allclose(fused.silu_and_mul(x), torch.nn.functional.silu(gate) * up, atol=1e-5)
+
+
+def test_argmax_rows_gives_torchs_first_maximum():
+    torch.manual_seed(3)
+    x = torch.randn(4, 9000).to(torch.bfloat16)
+    x[1, 5000] = x[1, 7000] = x[1, 8999] = 50.0          # ties across parts: the first wins
+    x[2, 100] = x[2, 101] = 50.0                          # ties inside one lane block
+    x[3] = float("-inf")
+    out = torch.full((4,), -1, dtype=torch.int64)
+    fused.argmax_rows(x, out)
+    assert out.tolist() == x.float().argmax(dim=-1).tolist() == [out[0].item(), 5000, 100, 0]
+
+
+def test_gemv_matches_a_matmul():
+    from container.engine.kernels.gemv import gemv
+
+    x, weight = torch.randn(1, 1000), torch.randn(77, 1000)
+    assert torch.allclose(gemv(x, weight), x @ weight.T, atol=1e-4)
 
 
 def test_decode_plan_unpacks_into_the_graph_inputs():

@@ -1,18 +1,21 @@
 """Where a decode step's GPU time goes, and candidate changes side by side, in one run.
 
     python3 bench/device/decode_profile.py [phases...]
-    phases: env ckpt tests graphs attention gemm engine serve_w1   (default: all, in that order)
+    phases: env ckpt tests graphs attention gemm engine serve offline
+    (default: env ckpt tests graphs engine gemm serve offline)
 
 graphs     decode-graph replay time at batch 1/16/64/256 (context 256, distinct random blocks,
-           random KV) for each L2-prefetch setting (kernels/prefetch.py), and a per-kernel
-           profile of one replay (torch profiler): time per kernel class, bubbles between kernels
+           random KV) for this tree and variants (splits merged by a second kernel; batch-1
+           products through cuBLAS), and a per-kernel profile of one replay (torch profiler):
+           time per kernel class, bubbles between kernels, time of each projection
 attention  the split-KV decode kernel's launch shapes at batch 1 (context 256) and 256
            (context 192), 32 layers' caches in turn, against the bytes of K and V read
-gemm       cuBLAS vs cuBLASLt for every projection at M = 1 and 256 (32 layers' weights in turn)
-engine     the engine in-process: W1-like (1 x 128 in / 256 out, greedy) per prefetch setting,
-           with a profile of the steps (gaps between graph replays); W4-like (256 x 128/128)
-           with the default and the best attention shape, prefill budget 16384 and 32768
-serve_w1   `serve` + the HTTP load generator, W1 only (batch 1, 128/256)
+gemm       cuBLAS at M = 256 and 16384 for every projection (32 layers' weights in turn), and
+           Triton candidates at 256 (mm_candidates.py), with and without silu fused
+engine     the engine in-process: W1-like (1 x 128 in / 256 out, greedy); W4-like (256 x
+           128/128) overlapped, then step by step with each step's time, then profiled
+serve      `serve` + the HTTP load generator: W1, W3, W2 (native_gpu.py's serve phase)
+offline    W4 as native_gpu.py runs it: our engine and transformers generate_batch
 
 Everything lands in $OUT/decode_profile.json (rewritten after every phase); a short table is
 printed at the end.
@@ -20,6 +23,7 @@ printed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
@@ -113,10 +117,11 @@ def kernel_class(name: str) -> str:
                        ("argmax", "argmax"), ("memcpy", "memcpy"), ("memset", "memset")):
         if key in n:
             return label
-    if any(k in n for k in ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitk", "sm90")):
-        return "gemm"
     if "reduce" in n:
         return "reduce"
+    if any(k in n for k in ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitk", "sm90",
+                            "_mm_")):
+        return "gemm"
     if "index" in n or "embedding" in n:
         return "index/embedding"
     return "other"
@@ -130,7 +135,7 @@ def profile_kernels(fn, repeats: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(repeats):
             fn()
         torch.cuda.synchronize()
@@ -221,25 +226,40 @@ def phase_tests() -> None:
     save()
 
 
-PREFETCH_VARIANTS = {          # name -> (mode, MB of the partial prefetches)
-    "off": ("0", 8), "o": ("o", 8), "all4": ("all", 4), "all8": ("all", 8),
-    "all16": ("all", 16), "all32": ("all", 32),
-}
+VARIANTS = ("new", "merge_kernel", "cublas_m1")   # see variant()
 
 
-def recapture(sizes: list[int], mode: str, megabytes: float, max_batch: int = 64) -> None:
+@contextlib.contextmanager
+def variant(name: str):
+    """new: this tree as it is. merge_kernel: decode splits merged by a second kernel.
+    cublas_m1: batch-1 products through cuBLAS instead of the Triton GEMV."""
+    import torch.nn.functional as F
+
+    import container.engine.layers.embedding as embedding
+    import container.engine.layers.linear as linear
+    from container.engine.kernels import paged_attention as pa
+
+    saved = (linear.linear, embedding.linear, pa.DECODE_OVERRIDE)
+    if name == "merge_kernel":
+        pa.DECODE_OVERRIDE = dict(pa.DECODE_CONFIGS[True], merge_here=False)
+    if name == "cublas_m1":
+        linear.linear = embedding.linear = lambda x, w, b=None: F.linear(x, w, b)
+    try:
+        yield
+    finally:
+        linear.linear, embedding.linear, pa.DECODE_OVERRIDE = saved
+
+
+def recapture(sizes: list[int]) -> None:
     import torch
 
     import container.engine.cuda_graphs as cg
-    from container.engine.kernels.prefetch import PREFETCH
 
     svc = service()
     runner = svc.runner
     runner.graphs = None
     gc.collect()
     torch.cuda.empty_cache()
-    PREFETCH.mode, PREFETCH.small_bytes, PREFETCH.max_batch = mode, int(megabytes * (1 << 20)), \
-        max_batch
     original = cg.bucket_sizes
     cg.bucket_sizes = lambda m: [s for s in sizes if s <= m]
     try:
@@ -248,40 +268,35 @@ def recapture(sizes: list[int], mode: str, megabytes: float, max_batch: int = 64
         cg.bucket_sizes = original
 
 
-def phase_graphs() -> None:
-    import torch
+ALL_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
+
+def phase_graphs() -> None:
     svc = service()
     runner = svc.runner
     vocab = runner.config.vocab_size
     blocks = svc.block_manager.num_blocks
+    layers = runner.config.num_layers
     out = {}
-    sizes = [1, 16, 64]
-    for name, (mode, mb) in PREFETCH_VARIANTS.items():
-        recapture(sizes + ([256] if name == "off" else []), mode, mb)
-        row = {}
-        for batch in sorted(runner.graphs.graphs):
-            runner.execute(decode_plan(batch, 256, blocks, vocab))
-            row[batch] = round(time_graph(runner.graphs.graphs[batch]), 4)
+    for name in VARIANTS:
+        with variant(name):
+            recapture([1, 16, 64, 256] if name == "new" else [1, 16])
+            row = {}
+            for batch in sorted(runner.graphs.graphs):
+                runner.execute(decode_plan(batch, 256, blocks, vocab))
+                row[batch] = round(time_graph(runner.graphs.graphs[batch]), 4)
+                if name == "new" and batch in (1, 256):
+                    graph = runner.graphs.graphs[batch]
+                    RESULTS[f"profile_b{batch}"] = profile_kernels(graph.replay, 5)
+                    RESULTS[f"gemm_roles_b{batch}"] = gemm_roles(graph.replay, layers)
+            # the same again: how far apart two timings of one graph land
+            runner.execute(decode_plan(1, 256, blocks, vocab))
+            row["1_again"] = round(time_graph(runner.graphs.graphs[1]), 4)
         out[name] = row
-        log(f"graph replay ms, prefetch {name}: {row}")
-        if name == "off":
-            graph256 = runner.graphs.graphs[256]
-            graph1 = runner.graphs.graphs[1]
-            RESULTS["profile_b256_off"] = profile_kernels(graph256.replay, 5)
-            RESULTS["gemm_roles_b256"] = gemm_roles(graph256.replay, runner.config.num_layers)
-            runner.execute(decode_plan(1, 256, blocks, vocab))
-            RESULTS["profile_b1_off"] = profile_kernels(graph1.replay, 10)
-            RESULTS["gemm_roles_b1_off"] = gemm_roles(graph1.replay, runner.config.num_layers)
-        if name == "all8":
-            runner.execute(decode_plan(1, 256, blocks, vocab))
-            graph1 = runner.graphs.graphs[1]
-            RESULTS["profile_b1_all8"] = profile_kernels(graph1.replay, 10)
+        log(f"graph replay ms, {name}: {row}")
         RESULTS["graph_replay_ms_ctx256"] = out
         save()
-    best = min((n for n in out), key=lambda n: out[n][1])
-    RESULTS["prefetch_best_b1"] = best
-    torch.cuda.synchronize()
+    recapture(ALL_SIZES)
     save()
 
 
@@ -297,7 +312,6 @@ def phase_attention() -> None:
     layers = len(caches)
     blocks = svc.block_manager.num_blocks
     heads, kv_heads, dim = runner.config.num_heads, runner.local_kv_heads, runner.config.head_dim
-    default = dict(pa.DECODE_CONFIG)
     results = {}
     for batch, ctx in ((1, 256), (256, 192)):
         plan = decode_plan(batch, ctx, blocks, 1000, seed=batch)
@@ -316,13 +330,15 @@ def phase_attention() -> None:
                 for stages in (2, 3, 4):
                     configs.append(({"block_n": block_n, "num_warps": warps,
                                      "num_stages": stages}, graph_splits))
+        default = pa.DECODE_CONFIGS[graph_splits > 1]
+        configs.append((dict(default, merge_here=not default.get("merge_here")), graph_splits))
         for splits in sorted({1, 2, 4, 8, 16} - {graph_splits}):
             if batch == 1 or splits <= 2:
-                configs.append((default, splits))
+                configs.append((pa.DECODE_CONFIGS[splits > 1], splits))
         rows = []
         reference = None
         for config, splits in configs:
-            pa.DECODE_CONFIG = dict(config)
+            pa.DECODE_OVERRIDE = dict(config)
             workspace = DecodeWorkspace()
             try:
                 def run():
@@ -347,21 +363,25 @@ def phase_attention() -> None:
                              "TBps": round(kv_bytes / us / 1e6, 3), "rel_err": error})
             except Exception as exc:  # noqa: BLE001 - an invalid shape is a row, not a stop
                 rows.append({**config, "splits": splits, "error": f"{type(exc).__name__}: {exc}"[:200]})
-        pa.DECODE_CONFIG = dict(default)
+        pa.DECODE_OVERRIDE = None
         ok = [r for r in rows if "us_per_layer" in r]
         ok.sort(key=lambda r: r["us_per_layer"])
         results[f"b{batch}_ctx{ctx}"] = {"kv_MB_per_layer": kv_bytes / 1e6,
                                          "graph_splits": graph_splits, "rows": ok,
                                          "errors": [r for r in rows if "error" in r]}
-        log(f"attention b{batch}: best {ok[:3]}, default "
-            f"{[r for r in ok if r['block_n'] == 64 and r['num_warps'] == 4 and r['num_stages'] == 3 and r['splits'] == graph_splits]}")
+        log(f"attention b{batch}: best {ok[:3]}")
     RESULTS["attention"] = results
     save()
 
 
 def phase_gemm() -> None:
+    """cuBLAS at the decode batch of W4 (256) and at W4's prefill chunk (16384 rows), next to
+    Triton candidates at 256 (bench/device/mm_candidates.py), plain and with silu fused."""
     import torch
     import torch.nn.functional as F
+
+    import mm_candidates as mm
+    from container.engine.kernels.fused import silu_and_mul
 
     svc = service()
     model = svc.runner.model
@@ -371,40 +391,6 @@ def phase_gemm() -> None:
              "gate_up": [l.mlp.gate_up_proj.weight for l in layers],
              "down": [l.mlp.down_proj.weight for l in layers],
              "lm_head": [model.lm_head.weight] * 4}
-    results = {}
-    for backend in ("cublas", "cublaslt"):
-        try:
-            torch.backends.cuda.preferred_blas_library(backend)
-        except Exception as exc:  # noqa: BLE001
-            results[backend] = {"error": str(exc)}
-            continue
-        for m in (1, 64, 256):
-            for role, weights in roles.items():
-                x = torch.randn(m, weights[0].shape[1], device="cuda", dtype=torch.bfloat16)
-                def run():
-                    for w in weights:
-                        F.linear(x, w)
-                run()
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    with torch.cuda.graph(graph, stream=stream):
-                        run()
-                torch.cuda.current_stream().wait_stream(stream)
-                us = time_graph(graph, 10) * 1000 / len(weights)
-                n, k = weights[0].shape
-                results.setdefault(backend, {})[f"{role}_m{m}"] = {
-                    "us": round(us, 2), "TBps": round(n * k * 2 / us / 1e6, 3),
-                    "TFLOPs": round(2 * m * n * k / us / 1e6, 1)}
-        log(f"gemm {backend}: {results.get(backend)}")
-    torch.backends.cuda.preferred_blas_library("cublas")
-    RESULTS["gemm"] = results
-    save()
-
-    from container.engine.kernels.fused import silu_and_mul
-    from container.engine.kernels.gemv import gemv, silu_mul_gemv
 
     def graph_us(run, calls):
         run()
@@ -416,26 +402,68 @@ def phase_gemm() -> None:
             with torch.cuda.graph(graph, stream=stream):
                 run()
         torch.cuda.current_stream().wait_stream(stream)
-        return time_graph(graph, 10) * 1000 / calls
+        return time_graph(graph, 5) * 1000 / calls
 
-    triton_rows = {}
-    for role, weights in roles.items():
-        x = torch.randn(1, weights[0].shape[1], device="cuda", dtype=torch.bfloat16)
-        us = graph_us(lambda: [gemv(x, w) for w in weights], len(weights))
+    results = {}
+    for m in (256, 16384):
+        for role, weights in roles.items():
+            if m > 256 and role == "lm_head":
+                continue
+            chosen = weights if m <= 256 else weights[:8]
+            x = torch.randn(m, chosen[0].shape[1], device="cuda", dtype=torch.bfloat16)
+            us = graph_us(lambda: [F.linear(x, w) for w in chosen], len(chosen))
+            n, k = chosen[0].shape
+            results[f"cublas_{role}_m{m}"] = {"us": round(us, 2),
+                                             "TFLOPs": round(2 * m * n * k / us / 1e6, 1)}
+    log(f"cublas: {results}")
+    RESULTS["gemm"] = results
+    save()
+
+    m = 256
+    trial = {}
+    for role in ("qkv", "o", "gate_up", "down"):
+        weights = roles[role]
         n, k = weights[0].shape
-        triton_rows[f"triton_gemv_{role}"] = {"us": round(us, 2), "TBps": round(n * k * 2 / us / 1e6, 3)}
-    downs = roles["down"]
-    inter = downs[0].shape[1]
-    gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=torch.bfloat16)
-    triton_rows["silu_then_cublas_down"] = {"us": round(graph_us(
-        lambda: [F.linear(silu_and_mul(gate_up), w) for w in downs], len(downs)), 2)}
-    triton_rows["silu_mul_gemv_down"] = {"us": round(graph_us(
-        lambda: [silu_mul_gemv(gate_up, w) for w in downs], len(downs)), 2)}
-    expected = F.linear(silu_and_mul(gate_up), downs[0]).float()
-    got = silu_mul_gemv(gate_up, downs[0]).float()
-    triton_rows["silu_mul_gemv_rel_err"] = ((got - expected).norm() / expected.norm()).item()
-    RESULTS["gemv_m1_triton"] = triton_rows
-    log(f"triton m=1: {triton_rows}")
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        expected = F.linear(x, weights[0]).float()
+        for tma in (False, True):
+            for config in mm.CONFIGS:
+                name = f"{role}_{'tma' if tma else 'ptr'}_{config['BM']}x{config['BN']}" \
+                       f"_w{config['warps']}s{config['stages']}"
+                try:
+                    got = mm.matmul(x, weights[0], config, tma=tma).float()
+                    error = ((got - expected).norm() / expected.norm()).item()
+                    us = graph_us(lambda: [mm.matmul(x, w, config, tma=tma) for w in weights],
+                                  len(weights))
+                    trial[name] = {"us": round(us, 2), "TFLOPs": round(2 * m * n * k / us / 1e6, 1),
+                                   "rel_err": error}
+                except Exception as exc:  # noqa: BLE001
+                    trial[name] = {"error": f"{type(exc).__name__}: {exc}"[:160]}
+        best = min((v["us"], key) for key, v in trial.items()
+                   if key.startswith(role + "_") and "us" in v)
+        log(f"triton {role} m256: best {best} vs cublas {results[f'cublas_{role}_m256']}")
+        RESULTS["gemm_triton_m256"] = trial
+        save()
+    # gate/up with silu in the epilogue, against cuBLAS gate/up + the silu kernel
+    weights = roles["gate_up"]
+    x = torch.randn(m, weights[0].shape[1], device="cuda", dtype=torch.bfloat16)
+    fused = {"cublas_then_silu": round(graph_us(
+        lambda: [silu_and_mul(F.linear(x, w)) for w in weights], len(weights)), 2)}
+    expected = silu_and_mul(F.linear(x, weights[0])).float()
+    for tma in (False, True):
+        for config in mm.CONFIGS:
+            name = f"silu_{'tma' if tma else 'ptr'}_{config['BM']}x{config['BN']}" \
+                   f"_w{config['warps']}s{config['stages']}"
+            try:
+                got = mm.matmul(x, weights[0], config, silu=True, tma=tma).float()
+                error = ((got - expected).norm() / expected.norm()).item()
+                fused[name] = {"us": round(graph_us(
+                    lambda: [mm.matmul(x, w, config, silu=True, tma=tma) for w in weights],
+                    len(weights)), 2), "rel_err": error}
+            except Exception as exc:  # noqa: BLE001
+                fused[name] = {"error": f"{type(exc).__name__}: {exc}"[:160]}
+    RESULTS["gemm_gate_up_silu_m256"] = fused
+    log(f"gate/up + silu m256: {fused}")
     save()
 
 
@@ -480,33 +508,21 @@ def _engine_w4(engine, prompts, output_len: int = 128) -> dict:
 
 
 def phase_engine() -> None:
+    import torch
+
     from container.bench.offline import random_token_prompts
-    from container.engine.kernels import paged_attention as pa
 
     svc = service()
     engine = svc.engine
     vocab = svc.runner.config.vocab_size
+    if svc.runner.graphs is None or len(svc.runner.graphs.graphs) < len(ALL_SIZES):
+        recapture(ALL_SIZES)
     prompts_w1 = iter(random_token_prompts(vocab, 40, 128, seed=7))
-    w1 = {}
-    chosen = RESULTS.get("prefetch_best_b1", "all8")
-    for name in dict.fromkeys(["off", "o", "all8", chosen]):
-        mode, mb = PREFETCH_VARIANTS[name]
-        recapture([1, 2, 4, 8, 16, 32, 64, 128, 256], mode, mb)
-        _engine_w1(engine, next(prompts_w1), 16)                        # warm
-        runs = [_engine_w1(engine, next(prompts_w1)) for _ in range(3)]
-        w1[name] = {"runs": runs, "tok_s": max(r["tok_s"] for r in runs),
-                    "itl_ms": min(r["itl_ms"] for r in runs)}
-        log(f"engine W1 prefetch {name}: {w1[name]['tok_s']:.1f} tok/s, "
-            f"ITL {w1[name]['itl_ms']:.3f} ms")
-        RESULTS["engine_w1"] = w1
-        save()
-    best = max(w1, key=lambda n: w1[n]["tok_s"])
-    mode, mb = PREFETCH_VARIANTS[best]
-    recapture([1, 2, 4, 8, 16, 32, 64, 128, 256], mode, mb)
-
-    def one_request():
-        _engine_w1(engine, next(prompts_w1), 32)
-    RESULTS["profile_engine_w1_32tok"] = profile_kernels(one_request, 1)
+    _engine_w1(engine, next(prompts_w1), 16)                        # warm
+    runs = [_engine_w1(engine, next(prompts_w1)) for _ in range(3)]
+    RESULTS["engine_w1"] = {"runs": runs, "tok_s": max(r["tok_s"] for r in runs),
+                            "itl_ms": min(r["itl_ms"] for r in runs)}
+    log(f"engine W1: {RESULTS['engine_w1']}")
     save()
 
     seeds = iter(range(100, 200))
@@ -514,37 +530,66 @@ def phase_engine() -> None:
     def prompts():                          # fresh prompts each run: no prefix-cache hits
         return random_token_prompts(vocab, 256, 128, seed=next(seeds))
     _engine_w4(engine, prompts()[:8], 8)
-    w4 = {"default": _engine_w4(engine, prompts())}
-    log(f"engine W4 default: {w4['default']}")
-    engine.scheduler.max_num_batched_tokens = 32768
-    w4["prefill32768"] = _engine_w4(engine, prompts())
-    log(f"engine W4 prefill 32768: {w4['prefill32768']}")
-    engine.scheduler.max_num_batched_tokens = 16384
-    rows = RESULTS.get("attention", {}).get("b256_ctx192", {}).get("rows", [])
-    if rows:
-        top = rows[0]
-        pa.DECODE_CONFIG = {k: top[k] for k in ("block_n", "num_warps", "num_stages")}
-        recapture([1, 2, 4, 8, 16, 32, 64, 128, 256], mode, mb)
-        _engine_w4(engine, prompts()[:8], 8)
-        w4["attention_best"] = {**_engine_w4(engine, prompts()), "config": pa.DECODE_CONFIG}
-        log(f"engine W4 attention {pa.DECODE_CONFIG}: {w4['attention_best']}")
-        pa.DECODE_CONFIG = {"block_n": 64, "num_warps": 4, "num_stages": 3}
-        recapture([1, 2, 4, 8, 16, 32, 64, 128, 256], mode, mb)
-        _engine_w4(engine, prompts()[:8], 8)
-        w4["default_again"] = _engine_w4(engine, prompts())
-    RESULTS["engine_w4"] = w4
+    RESULTS["engine_w4"] = {"default": _engine_w4(engine, prompts())}
+    log(f"engine W4: {RESULTS['engine_w4']}")
+    # each step's wall time, the GPU drained after every step (no overlap): where W4's time goes
+    from container.workers.protocol import SamplingParams
+
+    engine.overlap = False
+    steps = []
+    for i, prompt in enumerate(prompts()):
+        engine.add_request(f"s{i}", prompt, SamplingParams(max_new_tokens=128, ignore_eos=True))
+    while engine.has_work():
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        tokens = sum(len(o.new_token_ids) for o in engine.step())
+        torch.cuda.synchronize()
+        steps.append((round((time.perf_counter() - began) * 1000, 3),
+                      len(engine.scheduler.running), tokens))
+    engine.overlap = svc.options.overlap_scheduling
+    RESULTS["engine_w4_steps_ms"] = steps
+    log(f"W4 steps (ms, running, tokens): first {steps[:4]}, total "
+        f"{sum(s[0] for s in steps):.0f} ms")
+    save()
+
+    def w4_once():
+        _engine_w4(engine, prompts())
+    RESULTS["profile_engine_w4"] = profile_kernels(w4_once, 1)
     save()
 
 
-def phase_serve_w1() -> None:
+def _release_service() -> None:
     global _SERVICE
     import torch
 
     _SERVICE = None
     gc.collect()
     torch.cuda.empty_cache()
-    base.phase_serve_w1_only()
-    RESULTS["serve_W1"] = base.SUMMARY.get("W1")
+
+
+def phase_serve() -> None:
+    _release_service()
+    base.phase_serve()
+    for name in ("W1", "W2", "W3"):
+        RESULTS[f"serve_{name}"] = base.SUMMARY.get(name)
+    save()
+
+
+def phase_offline() -> None:
+    """W4 exactly as native_gpu.py runs it: our engine, then transformers generate_batch."""
+    import subprocess
+
+    _release_service()
+    command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
+               "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
+               "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
+               "--option", "max_rolling_batch_prefill_tokens=16384",
+               "--peers", "generate_batch", "--label", "W4_offline_256x128_128",
+               "--results-dir", str(OUT)]
+    subprocess.call(command, cwd=REPO)
+    path = OUT / "W4_offline_256x128_128.json"
+    if path.exists():
+        RESULTS["W4"] = json.loads(path.read_text())["results"]
     save()
 
 
@@ -552,38 +597,46 @@ def report() -> None:
     lines = []
     if "graph_replay_ms_ctx256" in RESULTS:
         lines.append("graph replay ms (ctx 256): " + json.dumps(RESULTS["graph_replay_ms_ctx256"]))
-    for key in ("profile_b1_off", "profile_b1_all8", "profile_b256_off"):
+    for key in ("profile_b1", "profile_b256", "profile_engine_w4"):
         if key in RESULTS and "per_repeat_us" in RESULTS[key]:
             p = RESULTS[key]
             lines.append(f"{key}: busy {p['busy_us_per_repeat']:.0f} span "
                          f"{p['span_us_per_repeat']:.0f} us; {json.dumps(p['per_repeat_us'])}")
-    for key in ("gemm_roles_b1_off", "gemm_roles_b256"):
+    for key in ("gemm_roles_b1", "gemm_roles_b256"):
         if key in RESULTS:
             lines.append(f"{key}: {RESULTS[key]}")
-    for key, value in RESULTS.get("attention", {}).items():
-        lines.append(f"attention {key}: " + json.dumps(value["rows"][:3]))
-    for backend, rows in RESULTS.get("gemm", {}).items():
-        lines.append(f"gemm {backend}: " + json.dumps({k: v.get("us") for k, v in rows.items()}
-                                                     if isinstance(rows, dict) else rows))
-    if "gemv_m1_triton" in RESULTS:
-        lines.append("triton m=1: " + json.dumps(RESULTS["gemv_m1_triton"]))
+    if "gemm" in RESULTS:
+        lines.append("cublas: " + json.dumps({k: v["us"] for k, v in RESULTS["gemm"].items()}))
+    trial = RESULTS.get("gemm_triton_m256", {})
+    for role in ("qkv", "o", "gate_up", "down"):
+        ok = sorted((v["us"], k) for k, v in trial.items() if k.startswith(role + "_") and "us" in v)
+        if ok:
+            lines.append(f"triton {role} m256 best: {ok[:2]}")
+    fused = RESULTS.get("gemm_gate_up_silu_m256", {})
+    ok = sorted((v["us"], k) for k, v in fused.items() if isinstance(v, dict) and "us" in v)
+    if ok:
+        lines.append(f"gate_up+silu m256: cublas+silu {fused.get('cublas_then_silu')}, best {ok[:2]}")
     if "engine_w1" in RESULTS:
-        lines.append("engine W1: " + json.dumps({k: (round(v["tok_s"], 1), round(v["itl_ms"], 3))
-                                                 for k, v in RESULTS["engine_w1"].items()}))
+        w1 = RESULTS["engine_w1"]
+        lines.append(f"engine W1: {w1['tok_s']:.1f} tok/s, ITL {w1['itl_ms']:.3f} ms")
     if "engine_w4" in RESULTS:
         lines.append("engine W4: " + json.dumps({k: round(v["tok_s"]) for k, v in
                                                  RESULTS["engine_w4"].items()}))
-    if RESULTS.get("serve_W1"):
-        w1 = RESULTS["serve_W1"]
-        lines.append(f"serve W1: {w1['output_tokens_per_s']:.1f} tok/s, ITL "
-                     f"{w1['itl_ms']['mean']:.3f} ms, TTFT {w1['ttft_ms']['mean']:.1f} ms")
-    lines.append(f"gpu tests: {RESULTS.get('gpu_tests')}")
+    for name in ("W1", "W3", "W2"):
+        w = RESULTS.get(f"serve_{name}")
+        if w:
+            lines.append(f"serve {name}: {w['output_tokens_per_s']:.1f} tok/s, ITL "
+                         f"{w['itl_ms']['mean']:.3f} ms, TTFT {w['ttft_ms']['mean']:.1f} ms")
+    for row in RESULTS.get("W4", []):
+        lines.append(f"W4 {row.get('name')}: {row.get('output_tokens_per_s')} tok/s, "
+                     f"ours/this {row.get('ours_vs_this')}")
+    lines.append(f"gpu tests: {RESULTS.get('gpu_tests')}; errors: {RESULTS.get('phase_errors')}")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    phases = sys.argv[1:] or ["env", "ckpt", "tests", "graphs", "attention", "gemm", "engine",
-                              "serve_w1"]
+    phases = sys.argv[1:] or ["env", "ckpt", "tests", "graphs", "engine", "gemm", "serve",
+                              "offline"]
     try:
         for phase in phases:
             log(f"== {phase}")

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from .kernels import gpu_kernels
 from .layers.attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ class DecodeGraphs:
         hidden = model(self.input_ids[:size], self.positions[:size], self.runner.kv_caches,
                        self._meta(size))
         logits = model.compute_logits(hidden)
-        torch.argmax(logits, dim=-1, out=self.tokens[:size])
+        fused = gpu_kernels(logits)
+        if fused:
+            fused.argmax_rows(logits, self.tokens[:size])
+        else:
+            torch.argmax(logits, dim=-1, out=self.tokens[:size])
         return logits
 
     @torch.inference_mode()
