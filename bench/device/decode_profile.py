@@ -313,7 +313,7 @@ def phase_attention() -> None:
     blocks = svc.block_manager.num_blocks
     heads, kv_heads, dim = runner.config.num_heads, runner.local_kv_heads, runner.config.head_dim
     results = {}
-    for batch, ctx in ((1, 256), (256, 192)):
+    for batch, ctx in ((256, 192), (64, 384), (1, 256)):
         plan = decode_plan(batch, ctx, blocks, 1000, seed=batch)
         layout = plan.layout()
         start, size = layout["tables"]
@@ -324,17 +324,17 @@ def phase_attention() -> None:
         out = torch.empty_like(q)
         kv_bytes = batch * ctx * kv_heads * dim * 2 * 2
         graph_splits = decode_splits(batch, kv_heads, 2048, runner.sm_count)
-        configs = []
-        for block_n in (32, 64, 128):
-            for warps in (4, 8):
-                for stages in (2, 3, 4):
-                    configs.append(({"block_n": block_n, "num_warps": warps,
-                                     "num_stages": stages}, graph_splits))
         default = pa.DECODE_CONFIGS[graph_splits > 1]
-        configs.append((dict(default, merge_here=not default.get("merge_here")), graph_splits))
-        for splits in sorted({1, 2, 4, 8, 16} - {graph_splits}):
-            if batch == 1 or splits <= 2:
-                configs.append((pa.DECODE_CONFIGS[splits > 1], splits))
+        configs = [(default, graph_splits)]
+        for block_n in ((16, 32, 64) if graph_splits > 1 else (32, 64, 128)):
+            for warps in (2, 4):
+                for stages in (1, 2, 3):
+                    config = dict(default, block_n=block_n, num_warps=warps, num_stages=stages)
+                    if config != default:
+                        configs.append((config, graph_splits))
+        if graph_splits == 1:
+            configs.append((dict(default, num_warps=8), 1))
+            configs.append((pa.DECODE_CONFIGS[True], 2))
         rows = []
         reference = None
         for config, splits in configs:
@@ -371,6 +371,140 @@ def phase_attention() -> None:
                                          "errors": [r for r in rows if "error" in r]}
         log(f"attention b{batch}: best {ok[:3]}")
     RESULTS["attention"] = results
+    save()
+
+
+def _graph_us(run, calls: int, replays: int = 5) -> float:
+    import torch
+
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    return time_graph(graph, replays) * 1000 / calls
+
+
+def phase_layouts() -> None:
+    """cuBLAS on the same products with the weight stored as it is ([N, K]: F.linear), stored
+    transposed ([K, N]: torch.mm(x, Wt)), and with the output transposed (W @ x^T), at W4's
+    decode batch (256) and prefill chunk (16384)."""
+    import torch
+    import torch.nn.functional as F
+
+    svc = service()
+    model = svc.runner.model
+    layers = model.model.layers
+    roles = {"qkv": [l.self_attn.qkv_proj.weight for l in layers],
+             "o": [l.self_attn.o_proj.weight for l in layers],
+             "gate_up": [l.mlp.gate_up_proj.weight for l in layers],
+             "down": [l.mlp.down_proj.weight for l in layers],
+             "lm_head": [model.lm_head.weight] * 2}
+    results = {}
+    for m in (256, 16384):
+        for role, weights in roles.items():
+            if m > 256 and role == "lm_head":
+                continue
+            chosen = weights if m <= 256 else weights[:4]
+            n, k = chosen[0].shape
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            flops = 2 * m * n * k
+            row = {}
+            for backend in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(backend)
+                row[f"{backend}_tn"] = _graph_us(lambda: [F.linear(x, w) for w in chosen],
+                                                 len(chosen))
+                row[f"{backend}_out_t"] = _graph_us(lambda: [torch.mm(w, x.t()) for w in chosen],
+                                                    len(chosen))
+            transposed = [w.t().contiguous() for w in chosen]
+            for backend in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(backend)
+                row[f"{backend}_nn"] = _graph_us(lambda: [torch.mm(x, w) for w in transposed],
+                                                 len(chosen))
+            torch.backends.cuda.preferred_blas_library("cublas")
+            transposed = None                      # free the copies
+            results[f"{role}_m{m}"] = {key: {"us": round(us, 2),
+                                             "TFLOPs": round(flops / us / 1e6, 1)}
+                                       for key, us in row.items()}
+            log(f"layouts {role} m{m}: " + ", ".join(f"{key} {us:.1f}" for key, us in row.items()))
+            RESULTS["layouts"] = results
+            save()
+
+
+def phase_prefill_attention() -> None:
+    """The prefill kernel's launch shapes on W4's prefill: 128 prompts x 128 tokens."""
+    import numpy as np
+    import torch
+
+    from container.engine.kernels import paged_attention as pa
+
+    svc = service()
+    runner = svc.runner
+    caches = runner.kv_caches
+    layers = len(caches)
+    heads, dim = runner.config.num_heads, runner.config.head_dim
+    seqs, length, page = 128, 128, 16
+    rng = np.random.default_rng(5)
+    per = length // page
+    tables = torch.from_numpy(rng.permutation(svc.block_manager.num_blocks)[:seqs * per]
+                              .reshape(seqs, per).astype(np.int64)).cuda()
+    seq_lens = torch.full((seqs,), length, dtype=torch.int64, device="cuda")
+    starts = torch.arange(0, seqs * length + 1, length, dtype=torch.int64, device="cuda")
+    q = torch.randn(seqs * length, heads, dim, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    configs = [None] + [{"rows": r, "block_n": b, "num_warps": w, "num_stages": st}
+                        for r in (64, 128, 256) for b in (64, 128) for w in (4, 8)
+                        for st in (2, 3)]
+    rows, reference = [], None
+    for config in configs:
+        pa.PREFILL_OVERRIDE = config
+        try:
+            def run():
+                for layer in range(layers):
+                    pa.paged_prefill(q, caches[layer], tables, seq_lens, starts, length, 0.088,
+                                     out=out)
+            run()
+            torch.cuda.synchronize()
+            got = out.float().clone()
+            if reference is None:
+                reference = got
+            error = ((got - reference).norm() / reference.norm()).item()
+            us = _graph_us(run, layers, 10)
+            rows.append({**(config or {"default": True}), "us_per_layer": round(us, 2),
+                         "rel_err": error})
+        except Exception as exc:  # noqa: BLE001
+            rows.append({**(config or {}), "error": f"{type(exc).__name__}: {exc}"[:200]})
+    pa.PREFILL_OVERRIDE = None
+    ok = sorted((r for r in rows if "us_per_layer" in r), key=lambda r: r["us_per_layer"])
+    RESULTS["prefill_attention_128x128"] = {"rows": ok, "errors": [r for r in rows if "error" in r]}
+    log(f"prefill attention: best {ok[:3]}, default {[r for r in ok if r.get('default')]}")
+    save()
+
+
+def phase_norm() -> None:
+    import torch
+
+    from container.engine.kernels import fused
+
+    svc = service()
+    weight = svc.runner.model.model.norm.weight
+    results = {}
+    for m in (1, 256, 16384):
+        x = torch.randn(m, weight.shape[0], device="cuda", dtype=torch.bfloat16)
+        residual = torch.randn_like(x)
+        for warps in (None, 4, 16):
+            fused.NORM_WARPS = warps
+            calls = 64 if m <= 256 else 8
+            results[f"m{m}_w{warps or 'default'}"] = round(_graph_us(
+                lambda: [fused.rms_norm(x, weight, 1e-5, residual) for _ in range(calls)],
+                calls, 10), 2)
+    fused.NORM_WARPS = None
+    RESULTS["rms_norm_us"] = results
+    log(f"rms norm: {results}")
     save()
 
 
@@ -616,6 +750,16 @@ def report() -> None:
     ok = sorted((v["us"], k) for k, v in fused.items() if isinstance(v, dict) and "us" in v)
     if ok:
         lines.append(f"gate_up+silu m256: cublas+silu {fused.get('cublas_then_silu')}, best {ok[:2]}")
+    for key, row in RESULTS.get("layouts", {}).items():
+        lines.append(f"layout {key}: " + ", ".join(f"{k} {v['us']}" for k, v in row.items()))
+    for key, value in RESULTS.get("attention", {}).items():
+        lines.append(f"decode attention {key}: best " + json.dumps(value["rows"][:3]))
+    if "prefill_attention_128x128" in RESULTS:
+        rows = RESULTS["prefill_attention_128x128"]["rows"]
+        lines.append("prefill attention: best " + json.dumps(rows[:3]) + " default " +
+                     json.dumps([r for r in rows if r.get("default")]))
+    if "rms_norm_us" in RESULTS:
+        lines.append("rms norm us: " + json.dumps(RESULTS["rms_norm_us"]))
     if "engine_w1" in RESULTS:
         w1 = RESULTS["engine_w1"]
         lines.append(f"engine W1: {w1['tok_s']:.1f} tok/s, ITL {w1['itl_ms']:.3f} ms")

@@ -222,8 +222,9 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
     group = q_heads // kv_heads
     out = torch.empty_like(q) if out is None else out
     group_pad = _pad(group)
-    block_m = max(64 // group_pad, 1)          # ~64 rows (positions x heads) per program
-    block_n = 64 if dim <= 128 else 32
+    config = PREFILL_OVERRIDE or {}
+    block_m = max(config.get("rows", 64) // group_pad, 1)   # rows: positions x heads
+    block_n = config.get("block_n", 64 if dim <= 128 else 32)
     grid = (seq_lens.shape[0], kv_heads, triton.cdiv(max_query_len, block_m))
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _prefill_kernel[grid](
@@ -232,8 +233,12 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         out.stride(0), out.stride(1), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=config.get("num_warps", 4),
+        num_stages=config.get("num_stages", 3))
     return out
+
+
+PREFILL_OVERRIDE: dict | None = None    # a sweep's launch shape (decode_profile.py)
 
 
 # Launch shape of the split kernel, by whether the KV range is split (small batches) or not,
