@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -226,7 +227,8 @@ def phase_tests() -> None:
     save()
 
 
-VARIANTS = ("new", "merge_kernel", "cublas_m1")   # see variant()
+VARIANTS = tuple(os.environ.get("DECODE_PROFILE_VARIANTS", "new,merge_kernel,cublas_m1")
+                 .split(","))                   # see variant()
 
 
 @contextlib.contextmanager
@@ -652,6 +654,22 @@ def phase_engine() -> None:
     if svc.runner.graphs is None or len(svc.runner.graphs.graphs) < len(ALL_SIZES):
         recapture(ALL_SIZES)
     prompts_w1 = iter(random_token_prompts(vocab, 40, 128, seed=7))
+    # as the HTTP bench does: two requests at once to warm up, then one at a time; the first
+    # of those, profiled (host and device), shows whatever a first batch-1 request still pays
+    from container.workers.protocol import SamplingParams
+
+    for i in range(2):
+        engine.add_request(f"warm{i}", next(prompts_w1),
+                           SamplingParams(max_new_tokens=256, ignore_eos=True))
+    while engine.has_work():
+        engine.step()
+    for label in ("engine_first_request", "engine_second_request"):
+        before = dict(engine.seconds)
+        RESULTS[label] = _engine_w1(engine, next(prompts_w1), 8)
+        RESULTS[label]["phase_ms"] = {k: round((v - before.get(k, 0.0)) * 1000, 2)
+                                      for k, v in engine.seconds.items()}
+    log(f"first / second request after warm-up: {RESULTS['engine_first_request']} / "
+        f"{RESULTS['engine_second_request']}")
     _engine_w1(engine, next(prompts_w1), 16)                        # warm
     runs = [_engine_w1(engine, next(prompts_w1)) for _ in range(3)]
     RESULTS["engine_w1"] = {"runs": runs, "tok_s": max(r["tok_s"] for r in runs),

@@ -242,11 +242,12 @@ PREFILL_OVERRIDE: dict | None = None    # a sweep's launch shape (decode_profile
 
 
 # Launch shape of the split kernel, by whether the KV range is split (small batches) or not,
-# from sweeps on an H200 (bench/device/decode_profile.py): short key blocks for the split
-# case (batch 1, 256 keys: 5.5 us a layer against 6.3 with 64-key blocks), the merge done by
-# each group's last split instead of a second launch.
-DECODE_CONFIGS = {True: {"block_n": 32, "num_warps": 4, "num_stages": 2, "merge_here": True},
-                  False: {"block_n": 64, "num_warps": 4, "num_stages": 2}}
+# from sweeps on an H200 (bench/device/decode_profile.py, bench/results/decode_profile_h200.json):
+# split, 16-key blocks and 2 warps (batch 1, 256 keys: 5.3 us a layer, 6.7 with the former
+# 64-key blocks and 4 warps), merged by each group's last split instead of a second launch;
+# unsplit, 2 warps (batch 256, 192 keys: 54.7 us against 57.5 with 4 warps and 3 stages).
+DECODE_CONFIGS = {True: {"block_n": 16, "num_warps": 2, "num_stages": 2, "merge_here": True},
+                  False: {"block_n": 64, "num_warps": 2, "num_stages": 2}}
 DECODE_OVERRIDE: dict | None = None     # a sweep's choice, over both
 
 
