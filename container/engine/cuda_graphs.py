@@ -15,6 +15,7 @@ attend to nothing (sequence length 0).
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import time
 
@@ -79,18 +80,28 @@ class DecodeGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         started = time.monotonic()
+        # Dead objects that hold CUDA graphs (an earlier engine in this process) must not be
+        # collected mid-capture: destroying a graph then invalidates the capture. Collect
+        # them now, and keep the collector off until the captures are done.
+        gc.collect()
+        collecting = gc.isenabled()
+        gc.disable()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for size in reversed(bucket_sizes(self.max_batch)):   # largest first: pool reuse
-                self.splits[size] = self.runner.decode_splits(
-                    size, self.max_blocks * self.runner.block_size)
-                for _ in range(2):                                 # compile kernels, warm up
-                    self._forward(size)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                    self.outputs[size] = self._forward(size)
-                self.graphs[size] = graph
+        try:
+            with torch.cuda.stream(stream):
+                for size in reversed(bucket_sizes(self.max_batch)):   # largest first: pool reuse
+                    self.splits[size] = self.runner.decode_splits(
+                        size, self.max_blocks * self.runner.block_size)
+                    for _ in range(2):                                 # compile kernels, warm up
+                        self._forward(size)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                        self.outputs[size] = self._forward(size)
+                    self.graphs[size] = graph
+        finally:
+            if collecting:
+                gc.enable()
         self.sizes = sorted(self.graphs)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
