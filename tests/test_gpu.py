@@ -49,21 +49,21 @@ def _engine(model_dir, **options):
     if options.get("graphs", True):
         runner.capture_graphs(32, 2048)
     scheduler = Scheduler(BlockManager(2048, 16), 32, options.get("budget", 512))
-    return LLMEngine(runner, scheduler, [], 2048)
+    return LLMEngine(runner, scheduler, [], 2048, overlap=options.get("overlap", False))
 
 
-def _greedy(engine, prompts, tokens):
+def _greedy(engine, prompts, tokens, want_logprobs=True):
     from container.workers.protocol import SamplingParams
 
     out = {str(i): [] for i in range(len(prompts))}
     logprobs = {str(i): [] for i in range(len(prompts))}
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, SamplingParams(max_new_tokens=tokens, ignore_eos=True,
-                                                          logprobs=True))
+                                                          logprobs=want_logprobs))
     while engine.has_work():
         for o in engine.step():
             out[o.request_id] += o.new_token_ids
-            logprobs[o.request_id] += o.logprobs
+            logprobs[o.request_id] += o.logprobs or []
     return [out[str(i)] for i in range(len(prompts))], [logprobs[str(i)] for i in range(len(prompts))]
 
 
@@ -130,3 +130,20 @@ def test_fast_path_greedy_matches_the_reference_path(gpu_model, monkeypatch):
     # Random weights give flat distributions, so near-ties (and forks) are common; what must
     # hold is that every fork is one. The logits test above bounds the error itself.
     assert forks < len(prompts) or fast[0][:1] == reference[0][:1]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_graph_argmax_gives_the_samplers_greedy_tokens(gpu_model, overlap):
+    """Greedy steps without log-probabilities take each row's token from the decode graph's
+    own argmax (and, overlapped, feed it to the next graph on the device); with
+    log-probabilities the sampler picks from the same logits. The schedule is the same, so
+    the tokens must be identical."""
+    from container.engine.model_config import ModelConfig
+
+    prompts = _prompts(ModelConfig.from_dir(gpu_model).vocab_size, count=8, seed=2)
+    prompts.append(prompts[0][:40])                  # a shared prefix: cached blocks too
+    engine = _engine(gpu_model, overlap=overlap)
+    graph_tokens, _ = _greedy(engine, prompts, 40, want_logprobs=False)
+    assert engine.counters["steps"] > 40
+    sampled, _ = _greedy(_engine(gpu_model, overlap=overlap), prompts, 40)
+    assert graph_tokens == sampled

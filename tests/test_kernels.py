@@ -69,6 +69,26 @@ def test_paged_attention_kernels_match_the_reference(group, kv_heads, dim, page,
             assert torch.allclose(decoded, reference, atol=1e-4), splits
 
 
+def test_decode_split_merge_in_kernel_leaves_its_counters_at_zero():
+    from container.engine.kernels import paged_attention
+
+    cache, meta, q, k, v = paged_case(4, 2, 64, 16, [37, 5, 100, 1], [1, 1, 1, 1])
+    write_kv(cache, k, v, meta.slot_mapping)
+    workspace = DecodeWorkspace()
+    first = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5, workspace)
+    assert workspace.arrivals(4, 2, q.device).eq(0).all()
+    again = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5, workspace)
+    assert torch.equal(first, again)
+    separate = dict(paged_attention.DECODE_CONFIGS[True], merge_here=False)
+    paged_attention.DECODE_OVERRIDE = separate
+    try:
+        merged_apart = paged_decode(q, cache, meta.block_tables, meta.seq_lens, 0.1, 5,
+                                    DecodeWorkspace())
+    finally:
+        paged_attention.DECODE_OVERRIDE = None
+    assert torch.allclose(first, merged_apart, atol=1e-5)
+
+
 def test_decode_kernel_ignores_padding_rows():
     cache, meta, q, k, v = paged_case(2, 2, 32, 8, [9, 0], [1, 1])
     write_kv(cache, k[:1], v[:1], meta.slot_mapping[:1])
@@ -111,6 +131,63 @@ def test_fused_silu_and_mul():
     x = torch.randn(3, 2 * 1500)
     gate, up = x.chunk(2, dim=-1)
     assert torch.allclose(fused.silu_and_mul(x), torch.nn.functional.silu(gate) * up, atol=1e-5)
+
+
+def test_argmax_rows_gives_torchs_first_maximum():
+    torch.manual_seed(3)
+    x = torch.randn(4, 9000).to(torch.bfloat16)
+    x[1, 5000] = x[1, 7000] = x[1, 8999] = 50.0          # ties across parts: the first wins
+    x[2, 100] = x[2, 101] = 50.0                          # ties inside one lane block
+    x[3] = float("-inf")
+    out = torch.full((4,), -1, dtype=torch.int64)
+    fused.argmax_rows(x, out)
+    assert out.tolist() == x.float().argmax(dim=-1).tolist() == [out[0].item(), 5000, 100, 0]
+
+
+def test_gemv_matches_a_matmul():
+    from container.engine.kernels.gemv import gemv
+
+    x, weight = torch.randn(1, 1000), torch.randn(77, 1000)
+    assert torch.allclose(gemv(x, weight), x @ weight.T, atol=1e-4)
+
+
+def test_decode_plan_unpacks_into_the_graph_inputs():
+    """The decode graph's first kernel: a StepPlan's decode arrays into the static inputs,
+    placeholders resolved from the previous step's tokens, padding rows past the batch."""
+    from container.engine.kernels.step_inputs import unpack_decode_plan
+    from container.engine.model_runner import PLACEHOLDER, StepPlan
+    from container.engine.scheduler import ScheduledSeq
+    from container.engine.sequence import Sequence
+    from container.workers.protocol import SamplingParams
+
+    seqs = []
+    for i, (length, blocks) in enumerate([(5, [7]), (37, [3, 9, 4]), (17, [11, 2])]):
+        seq = Sequence(str(i), list(range(100 + i, 100 + i + length)),
+                       SamplingParams(max_new_tokens=8))
+        seq.block_ids = blocks
+        seq.num_computed_tokens = length - 1
+        seqs.append(seq)
+    seqs[0].token_ids[-1] = PLACEHOLDER
+    seqs[2].token_ids[-1] = PLACEHOLDER
+    plan = StepPlan.build([ScheduledSeq(seq, 1) for seq in seqs], 16,
+                          {id(seqs[0]): 4, id(seqs[2]): 1})
+    previous = torch.tensor([50, 51, 52, 53, 54, 55])
+    rows, width, scratch = 5, 32, 999
+    input_ids = torch.full((rows,), -7, dtype=torch.int64)
+    positions, slots, seq_lens = input_ids.clone(), input_ids.clone(), input_ids.clone()
+    tables = torch.full((8, width), -7, dtype=torch.int64)
+    buffer = torch.full((plan.data.shape[0] + 40,), -7, dtype=torch.int64)
+    buffer[:plan.data.shape[0]] = torch.from_numpy(plan.data)
+    unpack_decode_plan(buffer, previous, input_ids, positions, slots, seq_lens, tables[:rows],
+                       scratch)
+    assert input_ids.tolist() == [54, 100 + 1 + 36, 51, 0, 0]
+    assert positions.tolist() == [4, 36, 16, 0, 0]
+    assert slots.tolist() == [7 * 16 + 4, 4 * 16 + 4, 2 * 16 + 0, scratch, scratch]
+    assert seq_lens.tolist() == [5, 37, 17, 0, 0]
+    assert tables[0, :16].tolist() == [7] + [0] * 15
+    assert tables[1, :16].tolist() == [3, 9, 4] + [0] * 13
+    assert tables[2, :16].tolist() == [11, 2] + [0] * 14
+    assert (tables[:, 16:] == -7).all() and (tables[3:] == -7).all()
 
 
 def test_whole_engine_on_the_kernel_path_matches_transformers(monkeypatch, tmp_path):

@@ -127,7 +127,7 @@ def _bench(label: str, args: list[str]) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def phase_serve() -> None:
+def phase_serve(workloads: tuple[str, ...] = ("W1", "W3", "W2")) -> None:
     import requests
 
     env = dict(os.environ, OPTION_MAX_ROLLING_BATCH_SIZE="512", OPTION_MAX_MODEL_LEN="2048",
@@ -152,14 +152,17 @@ def phase_serve() -> None:
             time.sleep(0.5)
         SUMMARY["serve_start_to_first_token_s"] = first_token
         log(f"serve start to first token: {first_token:.1f} s")
-        w1 = _bench("W1_batch1_128in_256out", ["--concurrency", "1", "--num-prompts", "4",
-                                                "--input-len", "128", "--output-len", "256"])
-        w3 = _bench("W3_100users_256in_128out", ["--concurrency", "100", "--num-prompts", "300",
-                                                  "--input-len", "256", "--output-len", "128"])
-        w2 = _bench("W2_500req_467in_256out", ["--concurrency", "500", "--num-prompts", "500",
-                                                "--input-len", "467", "--output-len", "256",
-                                                "--warmup", "0"])
-        for name, report in (("W1", w1), ("W2", w2), ("W3", w3)):
+        runs = {
+            "W1": ("W1_batch1_128in_256out", ["--concurrency", "1", "--num-prompts", "4",
+                                              "--input-len", "128", "--output-len", "256"]),
+            "W3": ("W3_100users_256in_128out", ["--concurrency", "100", "--num-prompts", "300",
+                                                "--input-len", "256", "--output-len", "128"]),
+            "W2": ("W2_500req_467in_256out", ["--concurrency", "500", "--num-prompts", "500",
+                                              "--input-len", "467", "--output-len", "256",
+                                              "--warmup", "0"]),
+        }
+        for name in workloads:
+            report = _bench(*runs[name])
             if report.get("levels"):
                 SUMMARY[name] = report["levels"][0]
     finally:
@@ -168,6 +171,10 @@ def phase_serve() -> None:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def phase_serve_w1_only() -> None:
+    phase_serve(("W1",))
 
 
 def phase_offline() -> None:

@@ -159,7 +159,12 @@ class LLMEngine:
         if sampling:
             batch = SamplingBatch.build([self._sampling_row(seq) for seq in sampling],
                                         logits.device)
-            tokens, logprobs = sample(logits, batch)
+            greedy = self.runner.greedy_tokens
+            if greedy is not None and batch.all_greedy and batch.penalty_tokens is None \
+                    and not batch.want_logprobs:
+                tokens, logprobs = greedy, None        # the decode graph's own argmax
+            else:
+                tokens, logprobs = sample(logits, batch)
             # other ranks resolve the next step's placeholders from these (no host round trip)
             tokens = self.runner.tp.broadcast_tokens(tokens.contiguous())
             result.tokens, result.logprobs = tokens, logprobs

@@ -144,6 +144,7 @@ class ModelRunner:
         self.model.eval()
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None                     # cuda_graphs.DecodeGraphs once captured
+        self.greedy_tokens: torch.Tensor | None = None   # see execute()
         self.sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
                          if device.type == "cuda" else 1)
         from .kernels.workspace import DecodeWorkspace
@@ -210,10 +211,11 @@ class ModelRunner:
         return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
                             num_seqs, max_blocks, view("from_previous"))
 
-    def _upload(self, host: torch.Tensor) -> torch.Tensor:
+    def _upload(self, host: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
         """Copy the plan to the GPU without blocking the CPU: from pageable memory the copy
         would wait for the step in flight to finish, serialising CPU and GPU again. A ring of
-        pinned buffers keeps each one untouched until its copy has run."""
+        pinned buffers keeps each one untouched until its copy has run. `into`: a device
+        buffer to copy into (its first host.numel() elements) instead of a new tensor."""
         slot = self._pinned_next = (self._pinned_next + 1) % len(self._pinned_ring)
         ring, events = self._pinned_ring, self._pinned_events
         if events[slot] is not None:
@@ -223,10 +225,17 @@ class ModelRunner:
                                      pin_memory=True)
         staged = ring[slot][:host.numel()]
         staged.copy_(host)
-        data = staged.to(self.device, non_blocking=True)
+        if into is None:
+            data = staged.to(self.device, non_blocking=True)
+        else:
+            data = into[:host.numel()]
+            data.copy_(staged, non_blocking=True)
         events[slot] = torch.cuda.Event()
         events[slot].record()
         return data
+
+    def upload_into(self, data: np.ndarray, buffer: torch.Tensor) -> None:
+        self._upload(torch.from_numpy(data), into=buffer)
 
     def decode_splits(self, batch: int, max_seq_len: int) -> int:
         from .kernels.workspace import decode_splits
@@ -236,14 +245,18 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: StepPlan, previous_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Run one step on this rank's shard; logits [num_logits, vocab] (every rank).
-        previous_tokens: the last step's sampled tokens, for rows whose input is a placeholder."""
+        previous_tokens: the last step's sampled tokens, for rows whose input is a placeholder.
+        After a decode graph step, greedy_tokens holds each row's argmax token (on the
+        device), else None."""
+        self.greedy_tokens = None
+        if self.graphs is not None and self.graphs.fits(plan, previous_tokens):
+            logits, self.greedy_tokens = self.graphs.run(plan, previous_tokens)
+            return logits
         step = self.prepare(plan)
         if previous_tokens is not None:
             source = step.from_previous
             step.input_ids = torch.where(source >= 0, previous_tokens[source.clamp(min=0)],
                                          step.input_ids)
-        if self.graphs is not None and step.meta.decode_only and self.graphs.fits(step):
-            return self.graphs.replay(step)
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
         return self.model.compute_logits(hidden[step.logits_rows])
 

@@ -1,8 +1,12 @@
 """Matrix-vector product for batch-1 decode (Triton): y = W x for one token.
 
-At batch 1 every projection is a GEMV that must stream its whole weight once; cuBLAS reaches
-~4.2 TB/s on the big ones but much less on the 4096-wide attention projections. Each program
-here owns a few output rows and streams their full width.
+At batch 1 every projection is a GEMV that must stream its whole weight once. Inside the decode
+graph on an H200, with each layer's weight read cold in turn, these kernels beat cuBLAS's
+batch-1 choices on every projection of an 8B Llama (QKV 14.2 vs 15.5 us, attention output
+10.7 vs 12.4, gate/up 55.1 vs 56.0, down 29.8 vs 32.0, LM head 235 vs 246:
+bench/results/decode_profile_h200.json), partly because cuBLAS splits K on the narrow ones and
+adds a reduction kernel. Each program owns a few output rows and streams their full width.
+Launch shapes are tuned per weight shape on first use (Triton's autotuner; cold-L2 timing).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s
                               (16, 512, 8, 3), (16, 256, 4, 4), (32, 256, 8, 3))]
 
 
-@triton.autotune(configs=CONFIGS, key=["N", "K"])
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -33,10 +36,22 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
     tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
+_gemv_tuned = triton.autotune(configs=CONFIGS, key=["N", "K"])(_gemv_kernel)
+FIXED = {"BLOCK_N": 8, "BLOCK_K": 512}          # Triton's interpreter (CPU tests): no timing
+
+
+def _launch(kernel, tuned, args, n: int, device) -> None:
+    if device.type == "cuda":
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        tuned[grid](*args)
+    else:
+        kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **FIXED)
+
+
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [1, K] @ weight[N, K]^T -> [1, N]."""
+    """x [1, K] (contiguous) @ weight[N, K]^T -> [1, N]."""
     n, k = weight.shape
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _gemv_kernel[grid](x, weight, out, n, k, weight.stride(0))
+    _launch(_gemv_kernel, _gemv_tuned, (x, weight, out, n, k, weight.stride(0)), n, x.device)
     return out
+

@@ -8,7 +8,8 @@ are read once per group.
   token i of sequence b sits at position seq_len - q_len + i and sees keys 0..that position,
   including a cached prefix (chunked prefill, prefix caching).
 - paged_decode: one query token per sequence, the KV range split across programs
-  (flash-decoding) so a small batch still fills the GPU; a second kernel merges the splits.
+  (flash-decoding) so a small batch still fills the GPU; the last split of each group to
+  finish merges them (or, optionally, a second kernel does).
   The grid depends only on the batch size, so it can be captured in a CUDA graph.
 """
 
@@ -86,7 +87,7 @@ def _prefill_kernel(
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    partial_out_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
+    partial_out_ptr, partial_max_ptr, partial_sum_ptr, out_ptr, arrivals_ptr,
     scale,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -94,6 +95,7 @@ def _decode_split_kernel(
     stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+    MERGE_HERE: tl.constexpr,
 ):
     # The group's query heads are the rows of a (padded) 16-row tile, so scores and the
     # weighted sum of values run on tensor cores; the kernel stays bound by reading K and V.
@@ -144,6 +146,40 @@ def _decode_split_kernel(
         tl.store(partial_sum_ptr + base, l_i, mask=head_ok)
         tl.store(partial_out_ptr + base[:, None] * HEAD_DIM + dims[None, :], acc,
                  mask=head_ok[:, None] & dim_ok[None, :])
+        if MERGE_HERE:
+            # The group's last split to finish merges all of them (no second launch). The
+            # barrier and the release half of the atomic publish this program's partials;
+            # the acquire half lets the last one read everyone's (from L2: .cg loads).
+            tl.debug_barrier()
+            counter = arrivals_ptr + seq * tl.num_programs(1) + kv_head
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLITS - 1:
+                rows = seq * stride_pt + q_heads * stride_ph
+                overall = tl.full([ROWS], float("-inf"), tl.float32)
+                for s in tl.static_range(SPLITS):
+                    overall = tl.maximum(overall, tl.load(
+                        partial_max_ptr + rows + s * stride_ps, mask=head_ok,
+                        other=float("-inf"), cache_modifier=".cg"))
+                overall = tl.where(overall == float("-inf"), 0.0, overall)
+                total = tl.zeros([ROWS], tl.float32)
+                merged = tl.zeros([ROWS, DIM_PAD], tl.float32)
+                for s in tl.static_range(SPLITS):
+                    at = rows + s * stride_ps
+                    top = tl.load(partial_max_ptr + at, mask=head_ok, other=float("-inf"),
+                                  cache_modifier=".cg")
+                    part_sum = tl.load(partial_sum_ptr + at, mask=head_ok, other=0.0,
+                                       cache_modifier=".cg")
+                    weight = tl.where(part_sum > 0, tl.exp(top - overall), 0.0)
+                    part = tl.load(partial_out_ptr + at[:, None] * HEAD_DIM + dims[None, :],
+                                   mask=head_ok[:, None] & dim_ok[None, :], other=0.0,
+                                   cache_modifier=".cg")
+                    merged += part * weight[:, None]
+                    total += part_sum * weight
+                out = merged / tl.where(total == 0.0, 1.0, total)[:, None]
+                tl.store(out_ptr + seq * stride_ot + q_heads[:, None] * stride_oh
+                         + dims[None, :], out.to(out_ptr.dtype.element_ty),
+                         mask=head_ok[:, None] & dim_ok[None, :])
+                tl.store(counter, 0)                   # ready for the next launch
 
 
 @triton.jit
@@ -186,8 +222,9 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
     group = q_heads // kv_heads
     out = torch.empty_like(q) if out is None else out
     group_pad = _pad(group)
-    block_m = max(64 // group_pad, 1)          # ~64 rows (positions x heads) per program
-    block_n = 64 if dim <= 128 else 32
+    config = PREFILL_OVERRIDE or {}
+    block_m = max(config.get("rows", 64) // group_pad, 1)   # rows: positions x heads
+    block_n = config.get("block_n", 64 if dim <= 128 else 32)
     grid = (seq_lens.shape[0], kv_heads, triton.cdiv(max_query_len, block_m))
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _prefill_kernel[grid](
@@ -196,29 +233,47 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         out.stride(0), out.stride(1), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=config.get("num_warps", 4),
+        num_stages=config.get("num_stages", 3))
     return out
+
+
+PREFILL_OVERRIDE: dict | None = None    # a sweep's launch shape (decode_profile.py)
+
+
+# Launch shape of the split kernel, by whether the KV range is split (small batches) or not,
+# from sweeps on an H200 (bench/device/decode_profile.py, bench/results/decode_profile_h200.json):
+# split, 16-key blocks and 2 warps (batch 1, 256 keys: 5.3 us a layer, 6.7 with the former
+# 64-key blocks and 4 warps), merged by each group's last split instead of a second launch;
+# unsplit, 2 warps (batch 256, 192 keys: 54.7 us against 57.5 with 4 warps and 3 stages).
+DECODE_CONFIGS = {True: {"block_n": 16, "num_warps": 2, "num_stages": 2, "merge_here": True},
+                  False: {"block_n": 64, "num_warps": 2, "num_stages": 2}}
+DECODE_OVERRIDE: dict | None = None     # a sweep's choice, over both
 
 
 def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float, splits: int,
                  workspace: DecodeWorkspace, out: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence: q [B, Hq, D] -> [B, Hq, D]."""
+    config = DECODE_OVERRIDE or DECODE_CONFIGS[splits > 1]
+    merge_here = splits > 1 and config.get("merge_here", False)
     batch, q_heads, dim = q.shape
     _, _, page, kv_heads, _ = kv_cache.shape
     group = q_heads // kv_heads
     out = torch.empty_like(q) if out is None else out
     partial, maxima, sums = workspace.get(batch, q_heads, splits, dim, q.device)
+    arrivals = workspace.arrivals(batch, kv_heads, q.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     _decode_split_kernel[(batch, kv_heads, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, partial, maxima, sums, out, scale,
+        q, k_cache, v_cache, block_tables, seq_lens, partial, maxima, sums, out, arrivals, scale,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
         GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
-        BLOCK_N=64, SPLITS=splits, num_warps=4, num_stages=3)
-    if splits == 1:
+        BLOCK_N=config["block_n"], SPLITS=splits, MERGE_HERE=merge_here,
+        num_warps=config["num_warps"], num_stages=config["num_stages"])
+    if splits == 1 or merge_here:
         return out
     _decode_merge_kernel[(batch, q_heads)](
         partial, maxima, sums, out,

@@ -27,3 +27,11 @@ class DecodeWorkspace:
                 torch.empty(batch, heads, splits, dtype=torch.float32, device=device),
                 torch.empty(batch, heads, splits, dtype=torch.float32, device=device))
         return self.buffers[key]
+
+    def arrivals(self, batch: int, kv_heads: int, device) -> torch.Tensor:
+        """Per (sequence, KV head): how many splits have finished; each launch's last split
+        sets it back to 0."""
+        key = ("arrivals", batch, kv_heads, str(device))
+        if key not in self.buffers:
+            self.buffers[key] = torch.zeros(batch * kv_heads, dtype=torch.int32, device=device)
+        return self.buffers[key]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..parallel import SINGLE, TensorParallel
+from .linear import linear
 from .partition import padded_share
 
 
@@ -44,7 +45,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Logits for the full vocabulary: local block, then all-gather across ranks."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight)
         if self.tp.enabled:
             logits = self.tp.all_gather_last_dim(logits)
         return logits[..., :self.vocab_size]

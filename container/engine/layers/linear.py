@@ -13,8 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import gpu_kernels
 from ..parallel import SINGLE, TensorParallel
 from .partition import partition
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """F.linear, except for one token on the GPU: the Triton GEMV (kernels/gemv.py), which
+    streams the weight faster than cuBLAS's batch-1 kernels."""
+    if x.shape[0] == 1 and x.is_cuda and gpu_kernels(x) is not None:
+        from ..kernels.gemv import gemv
+
+        out = gemv(x.contiguous(), weight)
+        return out if bias is None else out + bias
+    return F.linear(x, weight, bias)
 
 
 def _copy(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
@@ -44,7 +56,7 @@ class ReplicatedLinear(nn.Module):
         _copy(param, tensor_slice[:], "replicated linear")
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -64,7 +76,7 @@ class ColumnParallelLinear(nn.Module):
         _copy(param, _rows(tensor_slice, self.start, self.local_out), "column-parallel linear")
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(nn.Module):
@@ -87,7 +99,7 @@ class MergedColumnParallelLinear(nn.Module):
         _copy(target, _rows(tensor_slice, start, count), f"merged linear piece {shard_id}")
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class QKVParallelLinear(nn.Module):
@@ -136,7 +148,7 @@ class QKVParallelLinear(nn.Module):
         _copy(target, _rows(tensor_slice, start, count), f"qkv piece {shard_id}")
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -164,6 +176,6 @@ class RowParallelLinear(nn.Module):
         _copy(param, tensor_slice[:], "row-parallel bias")
 
     def forward(self, x):
-        out = F.linear(x, self.weight)
+        out = linear(x, self.weight)
         out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
