@@ -68,7 +68,8 @@ def create_app(run_dir: str) -> Flask:
         names = {404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
         code = error.code or 500
         return error_response(ServingError(code, names.get(code, type(error).__name__),
-                                           messages.get(code, error.description or str(error))))
+                                           messages.get(code, error.description or str(error)),
+                                           {k: v for k, v in error.get_headers() if k == "Allow"}))
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
