@@ -147,8 +147,10 @@ def create_app(run_dir: str) -> Flask:
         return invoke()
 
     from .llm_routes import register_openai_routes
+    from .openapi import register_openapi_route
     from .sagemaker_routes import register_sagemaker_routes
 
     register_openai_routes(app, client, config)
     register_sagemaker_routes(app, invoke)
+    register_openapi_route(app, config)
     return app
