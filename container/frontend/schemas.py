@@ -143,9 +143,14 @@ class ChatCompletionRequest(_OpenAICommon):
 
 class CompletionRequest(_OpenAICommon):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(16, ge=1, le=1_000_000, description="null: 16, as unset")
     logprobs: int | None = Field(None, ge=0, le=0)
     echo: bool = False
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value):
+        return 16 if value is None else value
 
     @field_validator("prompt")
     @classmethod
