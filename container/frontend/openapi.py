@@ -193,6 +193,14 @@ _OPENAI_MODELS = {
     "required": ["object", "data"],
 }
 
+# For text/event-stream, OpenAPI 3.1's `schema` describes one event.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "one JSON chunk; `[DONE]` ends "
+                                                            "the OpenAI routes' streams"}},
+    "required": ["data"],
+}
+
 _LLM_INVOCATION = {
     "description": "Which schema applies is decided by the keys present: a body with `messages` "
                    "is an OpenAI chat completion; else one with `prompt` and no `inputs` an "
@@ -295,7 +303,7 @@ def _invocation_operation(llm: bool, summary: str, extra_params: tuple[str, ...]
                   _ref("LmiResult"), {"type": "array", "items": _ref("LmiResult")},
                   _ref("ChatCompletion"), _ref("TextCompletion")]}},
                   "application/jsonlines": {"schema": {"type": "string"}},
-                  "text/event-stream": {"schema": {"type": "string"}}}}
+                  "text/event-stream": {"schema": _SSE_EVENT}}}
         codes = [(400, "BadRequest"), (413, "PayloadTooLarge"), (500, "InternalError"),
                  (503, "ServiceUnavailable")]
     else:
@@ -342,7 +350,7 @@ def _openai_operation(llm: bool, summary: str, request: str, result: str) -> dic
             "200": {"description": "The completion; with `\"stream\": true` server-sent events "
                                    "of chunks, ending with `data: [DONE]`.",
                     "content": {JSON: {"schema": _ref(result)},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                                "text/event-stream": {"schema": _SSE_EVENT}}},
             **_responses((400, "BadRequest"), (413, "PayloadTooLarge"), (500, "InternalError"),
                          (503, "ServiceUnavailable"))},
     }
