@@ -260,9 +260,9 @@ def _parameters(model_name: str) -> dict:
                          "description": "accepted and ignored (one version is served)",
                          "schema": {"type": "string", "minLength": 1}},
         "EndpointName": {"name": "endpoint_name", "in": "path", "required": True,
-                         "description": "any SageMaker endpoint name: the local endpoint serves "
-                                        "its one model under every name; another name answers "
-                                        "400 ValidationError",
+                         "description": "any SageMaker endpoint name (the local endpoint serves "
+                                        "its one model under every name); a name outside this "
+                                        "pattern answers 400 ValidationError",
                          "schema": {"type": "string",
                                     "pattern": "^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"}},
         "CustomAttributes": {
