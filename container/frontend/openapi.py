@@ -464,7 +464,9 @@ def build_openapi(config) -> dict:
                            f"route matches, 405 (with Allow) for a method the path lacks, 400 "
                            f"for a malformed HTTP request, 414 for a request line over 8190 "
                            f"bytes and 431 for headers over the limits, all with the Error "
-                           f"body.",
+                           f"body. JSON fields are read leniently (pydantic's lax mode): a "
+                           f"number written as a string (\"5\"), or a boolean where a number "
+                           f"is expected, is converted; the schemas give the types to send.",
         },
         "paths": paths,
         "components": {"schemas": schemas, "responses": copy.deepcopy(RESPONSES),
