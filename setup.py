@@ -36,7 +36,9 @@ setup(
         # The SDK examples and their tests use sagemaker.core (SDK v3); about 1 GB installed.
         "sagemaker": ["sagemaker>=3.20,<4"],
         "test": ["pytest>=8", "requests>=2.31", "psutil>=5.9", "openai>=1.40", "moto[server]>=5",
-                 "hypothesis>=6.100", "accelerate>=0.30", "gguf>=0.10",
+                 "hypothesis>=6.130", "accelerate>=0.30", "gguf>=0.10",
+                 # the HTTP fuzz suite: requests generated from the served /openapi.json
+                 "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # the GPU kernels' tests run on CPU through Triton's interpreter
                  "triton>=3.1", "matplotlib>=3.8"],

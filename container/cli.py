@@ -50,7 +50,7 @@ def resolve_port(args: argparse.Namespace) -> int:
     if args.port is not None:
         return args.port
     raw = os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise StartupError(f"SAGEMAKER_BIND_TO_PORT={raw!r} is not a port number (1-65535)")
     return int(raw)
 

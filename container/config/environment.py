@@ -33,7 +33,7 @@ ALIASES: dict[str, tuple[str, object]] = {
 def _mib_to_bytes(value: str) -> str:
     try:
         return str(int(float(value) * _MIB))
-    except ValueError:
+    except (ValueError, OverflowError):     # "abc", "nan", "1e309"
         return value  # left as is: the key's parser reports it with the variable's name
 
 

@@ -79,8 +79,9 @@ def read_properties(model_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 def count_gpus(env: Mapping[str, str]) -> int:
     """GPUs this server may use, without importing torch (serve starts fast)."""
-    if env.get("SM_NUM_GPUS", "").strip().isdigit():
-        return int(env["SM_NUM_GPUS"])
+    declared = env.get("SM_NUM_GPUS", "").strip()
+    if declared.isascii() and declared.isdigit():       # not int()'s other digits, e.g. "²"
+        return int(declared)
     devices = [p for p in Path("/dev").glob("nvidia*") if re.fullmatch(r"nvidia\d+", p.name)]
     visible = env.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -148,7 +149,7 @@ def _tensor_parallel_degree(raw: str | None, kind: str, gpus: int,
     text = raw.strip().lower()
     if text == "max":
         return max(gpus, 1)
-    if text.isdigit() and int(text) >= 1:
+    if text.isascii() and text.isdigit() and int(text) >= 1:
         degree = int(text)
         if gpus and degree > gpus:
             raise StartupError(

@@ -11,9 +11,13 @@ trailing space (`engine=MPI `) is invisible in an editor and DJL users lose hour
 
 from __future__ import annotations
 
+import re
+
 _SEPARATORS = "=:"
 _WHITESPACE = " \t\f"
 _ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+# Java's line terminators only: str.splitlines() would also break at \f, \x1c-\x1e, \x85, \u2028...
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 class PropertiesSyntaxError(ValueError):
@@ -24,7 +28,7 @@ def _logical_lines(text: str):
     """Yield (line_number, logical_line) with continuations joined."""
     pending: list[str] = []
     start = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_LINE_BREAK.split(text), start=1):
         line = raw.lstrip(_WHITESPACE)
         if not pending:
             start = number

@@ -74,7 +74,8 @@ def create_app(run_dir: str) -> Flask:
         names = {404: "NotFound", 405: "MethodNotAllowed", 413: "PayloadTooLarge"}
         code = error.code or 500
         return error_response(ServingError(code, names.get(code, type(error).__name__),
-                                           messages.get(code, error.description or str(error))))
+                                           messages.get(code, error.description or str(error)),
+                                           {k: v for k, v in error.get_headers() if k == "Allow"}))
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
@@ -152,9 +153,11 @@ def create_app(run_dir: str) -> Flask:
         return invoke()
 
     from .llm_routes import register_openai_routes
+    from .openapi import register_openapi_route
     from .sagemaker_routes import register_sagemaker_routes
 
     register_openai_routes(app, client, config)
     register_sagemaker_routes(app, invoke)
     register_metrics_route(app, client)
+    register_openapi_route(app, config)
     return app

@@ -11,7 +11,7 @@ from flask import Response, request
 from ..errors import ServingError, bad_request
 from ..workers import protocol
 from .engine_client import EngineClient, WorkerGone
-from .http_utils import CUSTOM_ATTRIBUTES_HEADER, parse_custom_attributes
+from .http_utils import CUSTOM_ATTRIBUTES_HEADER, engine_request_id, parse_custom_attributes
 
 # Headers a handler may not set on the HTTP response (the server frames the body itself).
 _HOP_BY_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive", "upgrade"}
@@ -30,6 +30,8 @@ def build_handle_request(request_id: str, generation: int) -> protocol.HandleReq
     if content_type == "application/json" and body:
         try:
             json.loads(body)
+        except RecursionError:
+            raise bad_request("the JSON body is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad_request(f"the body is not valid JSON: {exc}") from None
     if content_type == "multipart/form-data":
@@ -57,6 +59,7 @@ def _first_reply(box, timeout: float):
 
 
 def invoke_handler(client: EngineClient, request_id: str, predict_timeout: float) -> Response:
+    request_id = engine_request_id(request_id)
     generation = client.ready_generation()
     box = client.submit(build_handle_request(request_id, generation))
     try:

@@ -19,6 +19,12 @@ def request_id() -> str:
             or uuid.uuid4().hex)
 
 
+def engine_request_id(request_id: str) -> str:
+    """The id a request carries between the front end and the worker: the caller's id (for the
+    logs) plus a random part, so two requests sent with the same X-Request-Id never share one."""
+    return f"{request_id}.{uuid.uuid4().hex[:12]}"
+
+
 def parse_custom_attributes(header: str | None) -> dict[str, str]:
     """`a=1; b=two` -> {"a": "1", "b": "two"}; items without '=' map to "true"."""
     attributes: dict[str, str] = {}

@@ -20,6 +20,7 @@ from ..text.tokenizer import TextTokenizer
 from ..workers import protocol
 from .engine_client import EngineClient
 from .generation import Generation, Result, wait_all
+from .http_utils import engine_request_id
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
                       validate)
 
@@ -48,6 +49,16 @@ class LlmContext:
         self.max_input_len = int(info.get("max_input_len") or self.max_model_len)
         self.model_name = config.model_name
 
+    def check_text(self, text: str, field: str) -> None:
+        """400 for a text too long to fit max_input_len whatever its tokens, before spending
+        seconds of this front-end process tokenizing megabytes. The bound allows 4 characters per
+        character a token holds (normalizers may compose several characters into one)."""
+        limit = self.max_input_len * self.tokenizer.max_token_chars * 4
+        if len(text) > limit:
+            raise bad_request(f"{field}: the prompt has {len(text)} characters, more than "
+                              f"max_input_len={self.max_input_len} tokens can hold (at most "
+                              f"{limit} characters with this tokenizer); shorten it")
+
     def check_length(self, prompt_ids: list[int], max_new_tokens: int, field: str) -> None:
         if not prompt_ids:
             raise bad_request(f"{field}: the prompt is empty")
@@ -63,7 +74,8 @@ class LlmContext:
 
     def generation(self, request_id: str, prompt_ids: list[int],
                    sampling: protocol.SamplingParams, stops: list[str]) -> Generation:
-        return Generation(self.client, self.tokenizer, request_id, prompt_ids, sampling, stops)
+        return Generation(self.client, self.tokenizer, engine_request_id(request_id), prompt_ids,
+                          sampling, stops)
 
 
 def _first_piece(generation: Generation):
@@ -147,10 +159,12 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
     sampling = _lmi_sampling(params)
     generations = []
     for index, prompt in enumerate(prompts):
+        field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
+        if not params.truncate:
+            ctx.check_text(prompt, field)
         ids = ctx.tokenizer.encode(prompt)
         if params.truncate:
             ids = ids[-params.truncate:]
-        field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
         ctx.check_length(ids, params.max_new_tokens, field)
         rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
         generations.append(ctx.generation(rid, ids, sampling, params.stop_sequences))
@@ -207,7 +221,9 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         messages = [m.template_dict() for m in req.messages]
     except ValueError as exc:
         raise bad_request(f"messages: {exc}") from None
-    ids = ctx.tokenizer.encode_chat(messages)
+    text = ctx.tokenizer.apply_chat_template(messages)
+    ctx.check_text(text, "messages")
+    ids = ctx.tokenizer.encode(text, add_special_tokens=False)     # as encode_chat does
     max_tokens = req.max_completion_tokens or req.max_tokens or max(
         ctx.max_model_len - len(ids), 1)
     ctx.check_length(ids, max_tokens, "messages")
@@ -268,6 +284,8 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
         raise bad_request("prompt: stream=true takes one prompt, not a list")
     generations, texts = [], []
     for index, item in enumerate(prompts):
+        if isinstance(item, str):
+            ctx.check_text(item, f"prompt.{index}")
         ids = ctx.tokenizer.encode(item) if isinstance(item, str) else list(item)
         if any(not isinstance(t, int) or t < 0 or t >= int(ctx.info["vocab_size"]) for t in ids):
             raise bad_request(f"prompt.{index}: token ids must be in [0, {ctx.info['vocab_size']})")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
+                      field_validator)
 
 from ..errors import bad_request
 
@@ -20,6 +21,13 @@ Temperature = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Penalty = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+# What _stop_list accepts, for the OpenAPI document (/openapi.json).
+StopSequences = Annotated[list[str], WithJsonSchema({
+    "anyOf": [{"type": "string", "minLength": 1},
+              {"type": "array", "items": {"type": "string", "minLength": 1},
+               "maxItems": MAX_STOP_SEQUENCES},
+              {"type": "null"}],
+    "description": "generation stops before any of these; they are not part of the text"})]
 
 
 def _stop_list(value):
@@ -37,7 +45,9 @@ def _stop_list(value):
 
 
 class LmiParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, json_schema_extra={
+        "description": "Also accepted: `max_tokens` for max_new_tokens and `stop` for "
+                       "stop_sequences (each used when the LMI name is absent); top_k -1 is 0."})
 
     max_new_tokens: int = Field(30, ge=1, le=1_000_000, validation_alias="max_new_tokens")
     do_sample: bool = False
@@ -46,7 +56,7 @@ class LmiParameters(BaseModel):
     top_p: TopP = 1.0
     repetition_penalty: Penalty = 1.0
     seed: Seed | None = None
-    stop_sequences: list[str] = Field(default_factory=list)
+    stop_sequences: StopSequences = Field(default_factory=list)
     return_full_text: bool = False
     details: bool = False
     ignore_eos: bool = False
@@ -120,7 +130,7 @@ class _OpenAICommon(BaseModel):
     n: int = Field(1, ge=1, le=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: list[str] = Field(default_factory=list)
+    stop: StopSequences = Field(default_factory=list)
     seed: Seed | None = None
     frequency_penalty: Annotated[float, Field(ge=0, le=0, allow_inf_nan=False)] = 0.0
     presence_penalty: Annotated[float, Field(ge=0, le=0, allow_inf_nan=False)] = 0.0
@@ -143,9 +153,14 @@ class ChatCompletionRequest(_OpenAICommon):
 
 class CompletionRequest(_OpenAICommon):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    max_tokens: int | None = Field(16, ge=1, le=1_000_000, description="null: 16, as unset")
     logprobs: int | None = Field(None, ge=0, le=0)
     echo: bool = False
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value):
+        return 16 if value is None else value
 
     @field_validator("prompt")
     @classmethod

@@ -8,12 +8,36 @@ connections and answer "queue full" at once instead of parking them behind busy 
 from __future__ import annotations
 
 import argparse
+import json
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from ..config.loader import ServingConfig
 from ..logging_setup import setup_logging
 from ..workers.rundir import RunDir
+
+
+LIMIT_REQUEST_LINE = 8190           # bytes of "METHOD /path?query HTTP/1.1"
+LIMIT_REQUEST_FIELDS = 100          # headers
+LIMIT_REQUEST_FIELD_SIZE = 8190     # bytes of one header line
+
+_GUNICORN_ERRORS = {
+    414: ("URITooLong", f"the request line is over {LIMIT_REQUEST_LINE} bytes"),
+    431: ("RequestHeaderFieldsTooLarge",
+          f"the request's headers are too large: at most {LIMIT_REQUEST_FIELDS} headers of at "
+          f"most {LIMIT_REQUEST_FIELD_SIZE} bytes each"),
+}
+
+
+def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn answers a request it cannot parse (bad request line, headers too large...)
+    itself, with an HTML page; this writes the JSON error body every other error has."""
+    type_, message = _GUNICORN_ERRORS.get(status_int, ("".join(reason.split()), mesg or reason))
+    body = json.dumps({"code": status_int, "type": type_, "message": message}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _worker_exit(server, worker) -> None:
@@ -51,7 +75,9 @@ class FrontendApplication(BaseApplication):
             "accesslog": None,
             "loglevel": self.serving_config.setting("log_level"),
             "proc_name": "serve-frontend",
-            "limit_request_line": 8190,
+            "limit_request_line": LIMIT_REQUEST_LINE,
+            "limit_request_fields": LIMIT_REQUEST_FIELDS,
+            "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             "control_socket_disable": True,
             "worker_exit": _worker_exit,
             "child_exit": _child_exit,
@@ -61,6 +87,8 @@ class FrontendApplication(BaseApplication):
 
     def load(self):
         from .app import create_app
+
+        gunicorn_util.write_error = _json_error
 
         return create_app(self.run_dir)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -48,6 +48,13 @@ class TextTokenizer:
         added = self.tokenizer.get_added_tokens_decoder()
         self.special_ids = {i for i, t in added.items() if t.special}
         self.bos_id = self.tokenizer.token_to_id(self.bos_token) if self.bos_token else None
+
+    @cached_property
+    def max_token_chars(self) -> int:
+        """The longest vocabulary entry, in characters: no token covers more of a text (for
+        byte-level vocabularies an entry's characters are its bytes, at least its characters)."""
+        return max((len(piece) for piece in self.tokenizer.get_vocab(with_added_tokens=True)),
+                   default=1)
 
     # encoding ----------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
