@@ -558,10 +558,22 @@ def test_path_traversal_in_model_names_is_404(llm, handler, name):
             assert "root:" not in response.text
 
 
+def _answer_despite_reset(send, attempts=3):
+    """gunicorn answers an over-long head and closes at once; on a loaded machine the client can
+    see the reset before the answer. Retry the transport, never the verdict."""
+    for attempt in range(attempts):
+        try:
+            return send()
+        except requests.ConnectionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+
+
 def test_large_and_odd_custom_attributes(handler):
     ten_kb = "; ".join(f"k{i}=v{i}" for i in range(1500))[:10_240]
-    error_of(post_raw(handler, "/invocations", b"{}", **{
-        "X-Amzn-SageMaker-Custom-Attributes": ten_kb}), 431, "8190 bytes")
+    error_of(_answer_despite_reset(lambda: post_raw(handler, "/invocations", b"{}", **{
+        "X-Amzn-SageMaker-Custom-Attributes": ten_kb})), 431, "8190 bytes")
     seven_kb = "tenant=blue; " + "; ".join(f"k{i}=v{i}" for i in range(900))[:7000]
     answer = post_raw(handler, "/invocations", b"{}", **{
         "X-Amzn-SageMaker-Custom-Attributes": seven_kb})
@@ -570,8 +582,10 @@ def test_large_and_odd_custom_attributes(handler):
         "X-Amzn-SageMaker-Custom-Attributes": "=;;tenant = a=b ; =x; flag"})
     assert odd.status_code == 200 and odd.json()["tenant"] == "a=b"
     many = {f"X-Extra-{i}": "x" for i in range(120)}
-    error_of(post_raw(handler, "/invocations", b"{}", **many), 431, "100 headers")
-    error_of(requests.get(handler.server.url("/ping?" + "a" * 9000), timeout=10), 414)
+    error_of(_answer_despite_reset(lambda: post_raw(handler, "/invocations", b"{}", **many)),
+             431, "100 headers")
+    error_of(_answer_despite_reset(lambda: requests.get(
+        handler.server.url("/ping?" + "a" * 9000), timeout=10)), 414)
     assert handler.server.worker_pid() == handler.pid
 
 
