@@ -33,6 +33,8 @@ _GUNICORN_ERRORS = {
 def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn answers a request it cannot parse (bad request line, headers too large...)
     itself, with an HTML page; this writes the JSON error body every other error has."""
+    if status_int == 400 and "Request Line is too large" in (mesg or ""):
+        status_int, reason = 414, "URI Too Long"     # gunicorn before 27 said 400
     type_, message = _GUNICORN_ERRORS.get(status_int, ("".join(reason.split()), mesg or reason))
     body = json.dumps({"code": status_int, "type": type_, "message": message}).encode()
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
