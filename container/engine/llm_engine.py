@@ -15,7 +15,7 @@ import torch
 from ..workers.protocol import SamplingParams
 from .interface import TokenOutput
 from .model_runner import ModelRunner, StepPlan
-from .sampler import SamplingBatch, sample
+from .sampler import SamplingBatch, sample, sampling_row
 from .scheduler import Scheduler
 from .sequence import Sequence
 
@@ -220,19 +220,9 @@ class LLMEngine:
             if item.samples:
                 counters["generated_tokens"] += 1
 
-    def _sampling_row(self, seq: Sequence) -> dict:
-        p = seq.sampling
-        greedy = not p.do_sample or p.temperature == 0
-        return {
-            "temperature": 0.0 if greedy else float(p.temperature),
-            "top_k": int(p.top_k),
-            "top_p": float(p.top_p),
-            "repetition_penalty": float(p.repetition_penalty),
-            "seed": seq.seed,
-            "step": seq.num_output_tokens,
-            "tokens": seq.token_ids if p.repetition_penalty != 1.0 else [],
-            "logprobs": p.logprobs,
-        }
+    @staticmethod
+    def _sampling_row(seq: Sequence) -> dict:
+        return sampling_row(seq.sampling, seq.seed, seq.num_output_tokens, lambda: seq.token_ids)
 
     def _stop_reason(self, seq: Sequence, token: int, position: int) -> str | None:
         p = seq.sampling

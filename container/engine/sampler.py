@@ -11,6 +11,7 @@ distribution (before penalty and temperature).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -61,6 +62,22 @@ class SamplingBatch:
             any_top_p=any(r["top_p"] < 1.0 and r["temperature"] > 0 for r in rows),
             want_logprobs=want_logprobs,
         )
+
+
+def sampling_row(params, seed: int, step: int, tokens: Callable[[], list[int]]) -> dict:
+    """One request's row for SamplingBatch.build (any engine); `tokens` (prompt and output so
+    far) is only called when a repetition penalty needs it."""
+    greedy = not params.do_sample or params.temperature == 0
+    return {
+        "temperature": 0.0 if greedy else float(params.temperature),
+        "top_k": int(params.top_k),
+        "top_p": float(params.top_p),
+        "repetition_penalty": float(params.repetition_penalty),
+        "seed": seed,
+        "step": step,
+        "tokens": tokens() if params.repetition_penalty != 1.0 else [],
+        "logprobs": params.logprobs,
+    }
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

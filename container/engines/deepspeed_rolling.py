@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..engine.interface import TokenOutput
-from ..engine.sampler import SamplingBatch, sample
+from ..engine.sampler import SamplingBatch, sample, sampling_row
 from ..workers.protocol import SamplingParams
 from .deepspeed_batch import PaddedKVBatch
 from .deepspeed_plan import BatchPlan
@@ -35,18 +35,8 @@ class Row:
         return self.output[-1] if self.output else self.prompt[-1]
 
     def sampling_row(self) -> dict:
-        p = self.sampling
-        greedy = not p.do_sample or p.temperature == 0
-        return {
-            "temperature": 0.0 if greedy else float(p.temperature),
-            "top_k": int(p.top_k),
-            "top_p": float(p.top_p),
-            "repetition_penalty": float(p.repetition_penalty),
-            "seed": self.seed,
-            "step": len(self.output),
-            "tokens": self.prompt + self.output if p.repetition_penalty != 1.0 else [],
-            "logprobs": p.logprobs,
-        }
+        return sampling_row(self.sampling, self.seed, len(self.output),
+                            lambda: self.prompt + self.output)
 
 
 class DeepSpeedRollingBatch:
