@@ -85,6 +85,9 @@ class EngineClient:
         box: Queue = Queue()
         self.pending[request_id] = (box, self.status.get().generation)
         try:
+            # as submit(): just after a worker (re)start the connection may not be up yet
+            if not self.socket.poll(int(timeout * 1000), zmq.POLLOUT):
+                return {}
             self.socket.send(protocol.encode(protocol.StatsRequest(request_id)), zmq.NOBLOCK)
             reply = box.get(timeout=timeout)
         except (zmq.ZMQError, gevent.queue.Empty):
