@@ -147,3 +147,23 @@ def test_graph_argmax_gives_the_samplers_greedy_tokens(gpu_model, overlap):
     assert engine.counters["steps"] > 40
     sampled, _ = _greedy(_engine(gpu_model, overlap=overlap), prompts, 40)
     assert graph_tokens == sampled
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_fused_allreduce_norm_matches_nccl_across_gpus():
+    """Tensor parallelism's fused all-reduce + add + norm kernel on every GPU of this machine
+    (real peers over NVLink), against NCCL + the plain norm (tests/allreduce_norm_ranks.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join(p for p in (str(tests.parent), os.environ.get("PYTHONPATH")) if p)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run",
+         f"--nproc_per_node={min(torch.cuda.device_count(), 4)}",
+         str(tests / "allreduce_norm_ranks.py")], cwd=tests.parent, capture_output=True,
+        text=True, timeout=300, env=dict(os.environ, PYTHONPATH=path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "matches NCCL" in result.stdout

@@ -201,3 +201,36 @@ def test_whole_engine_on_the_kernel_path_matches_transformers(monkeypatch, tmp_p
     engine = make_engine(model_dir, num_blocks=12, budget=24)
     assert run_staggered(engine, prompts, 6) == reference_greedy(model_dir, prompts, 6)
     assert engine.scheduler.total_preemptions > 0
+
+
+def test_allreduce_add_norm_kernel_one_rank_cycles_its_slots():
+    """The fused tensor-parallel all-reduce + add + norm, with one rank (the interpreter runs
+    no peers; the exchange with two GPUs is checked against NCCL at start-up, on every run).
+    Five calls walk the three slots: each call's sum, residual and norm must be exact, the
+    slot in use must hold the rows just sent, and the slot before must be back to -0.0."""
+    from container.engine.kernels.allreduce_norm import SLOTS, _allreduce_add_norm_kernel
+
+    rows, n, max_rows, eps = 3, 64, 4, 1e-5
+    buffer = torch.full((SLOTS, 1, max_rows, n), -0.0, dtype=torch.half)
+    pointers = torch.tensor([buffer.data_ptr()], dtype=torch.int64)
+    epochs = torch.zeros(max_rows, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(3)
+    for call in range(1, 6):
+        x = torch.randn(rows, n, generator=generator).half()
+        residual = torch.randn(rows, n, generator=generator).half()
+        weight = (torch.rand(n, generator=generator) + 0.5).half()
+        x[0, 0] = -0.0                                 # a partial equal to the sentinel
+        out, residual_out = torch.empty_like(x), torch.empty_like(x)
+        _allreduce_add_norm_kernel[(rows,)](
+            x, residual, weight, out, residual_out, pointers, epochs, eps, n, n, n, n,
+            RANK=0, WORLD=1, MAX_ROWS=max_rows, N=n, BLOCK=n, HAS_RESIDUAL=True, PDL=False)
+        summed = (x.float() + residual.float()).half()
+        h = summed.float()
+        expected = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).half()
+        assert torch.equal(residual_out, summed)
+        assert torch.allclose(out.float(), expected.float(), atol=1e-3)
+        assert epochs.tolist() == [call] * rows + [0]
+        sentinel = buffer.view(torch.int16) == -32768
+        current, stale = call % SLOTS, (call + 2) % SLOTS
+        assert not sentinel[current, 0, :rows].any() and sentinel[current, 0, rows:].all()
+        assert sentinel[stale].all()

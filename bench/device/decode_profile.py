@@ -112,6 +112,13 @@ def time_graph(graph, count: int = 50) -> float:
 
 def kernel_class(name: str) -> str:
     n = name.lower()
+    if "nccl" in n:
+        return "nccl_" + next((k for k in ("allgather", "allreduce", "broadcast") if k in n),
+                              "other")
+    if "allreduce_add_norm" in n:
+        return "allreduce_add_norm"
+    if "one_shot" in n or "symm" in n:
+        return "symm_allreduce"
     for key, label in (("prefetch", "l2_prefetch"), ("_decode_split", "attn_split"),
                        ("_decode_merge", "attn_merge"), ("rms_norm", "rms_norm"),
                        ("rope", "rope_cache"), ("silu", "silu_mul"), ("unpack", "unpack"),

@@ -8,6 +8,7 @@ the other ranks receive, so a step costs them one small broadcast, never a pickl
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,6 +179,11 @@ class ModelRunner:
         if reducer is not None and reducer.enabled:
             for size in bucket_sizes(max_batch):      # register before capture (collective)
                 reducer.register((size, self.config.hidden_size), self.dtype, self.device)
+            if os.environ.get("SERVE_FUSED_ALLREDUCE_NORM", "1") != "0":
+                fused = reducer.prepare_norm_fusion(self.config.hidden_size, self.dtype,
+                                                    self.device, self.config.rms_norm_eps)
+                log.info("all-reduce + add + norm: %s", "one fused kernel" if fused
+                         else "separate kernels")
         self.graphs = DecodeGraphs(self, max_batch, -(-max_model_len // self.block_size))
         self.graphs.capture()
 

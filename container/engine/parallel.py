@@ -26,6 +26,35 @@ class SmallAllReduce:
         self.group_name = group_name
         self.buffers: dict[tuple, torch.Tensor] = {}
         self.enabled = True
+        # Newer torch copies the local input into the symmetric buffer inside the reduce
+        # kernel: one launch per all-reduce instead of a copy kernel and a reduce kernel.
+        self.fuse_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy")
+        self.norm = None          # AllReduceNorm: the reduce fused with the next add + norm
+
+    def prepare_norm_fusion(self, hidden: int, dtype: torch.dtype, device, eps: float) -> bool:
+        """Set up the fused all-reduce + add + RMSNorm kernel (a collective), checked once
+        against NCCL + the plain norm; every rank keeps it or none does."""
+        if not self.enabled or self.norm is not None:
+            return self.norm is not None
+        fused, ok = None, False
+        try:
+            from .kernels.allreduce_norm import AllReduceNorm
+
+            fused = AllReduceNorm(self.group_name, dist.get_rank(), dist.get_world_size(),
+                                  hidden, dtype, device)
+            ok = all(_fused_norm_matches(fused, rows, hidden, dtype, device, eps)
+                     for rows in (1, 3, fused.max_rows))
+        except Exception:  # noqa: BLE001 - no Triton or no peer access: the two-kernel path
+            ok = False
+        if self._agree(ok, device):
+            self.norm = fused
+        return self.norm is not None
+
+    def try_reduce_add_norm(self, partial: torch.Tensor, residual: torch.Tensor | None,
+                            weight: torch.Tensor, eps: float):
+        if self.norm is None or not self.norm.fits(partial):
+            return None
+        return self.norm(partial, residual, weight, eps)
 
     def register(self, shape: tuple, dtype: torch.dtype, device) -> None:
         import torch.distributed._symmetric_memory as symm_mem
@@ -44,11 +73,23 @@ class SmallAllReduce:
         buffer = self.buffers.get((tuple(tensor.shape), tensor.dtype)) if self.enabled else None
         if buffer is None:
             return None
+        if self.fuse_copy:
+            return torch.ops.symm_mem.one_shot_all_reduce_copy(buffer, tensor, "sum",
+                                                              self.group_name)
         buffer.copy_(tensor)
         return torch.ops.symm_mem.one_shot_all_reduce(buffer, "sum", self.group_name)
 
     def self_check(self, device, dtype: torch.dtype) -> bool:
-        """Compare with NCCL once; on any difference or error, stay on NCCL."""
+        """Compare with NCCL once (fused copy first, then the plain one-shot); on any
+        difference or error, stay on NCCL. Every rank takes the same path."""
+        for fuse_copy in dict.fromkeys((self.fuse_copy, False)):
+            self.fuse_copy = fuse_copy
+            if self._agree(self._matches_nccl(device, dtype), device):
+                return True
+        self.enabled = False
+        return False
+
+    def _matches_nccl(self, device, dtype: torch.dtype) -> bool:
         try:
             shape = (4, 1024)
             self.register(shape, dtype, device)
@@ -56,14 +97,30 @@ class SmallAllReduce:
             expected = value.clone()
             dist.all_reduce(expected)
             got = self.try_reduce(value)
-            self.enabled = bool(torch.allclose(got.float(), expected.float(), atol=2e-2,
-                                               rtol=2e-2))
-        except Exception:  # noqa: BLE001 - this torch or machine lacks it: NCCL it is
-            self.enabled = False
-        agreed = torch.tensor([1 if self.enabled else 0], device=device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)    # every rank must take the same path
-        self.enabled = bool(agreed.item())
-        return self.enabled
+            return bool(torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=2e-2))
+        except Exception:  # noqa: BLE001 - this torch or machine lacks it
+            return False
+
+    @staticmethod
+    def _agree(ok: bool, device) -> bool:
+        flag = torch.tensor([1 if ok else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+
+def _fused_norm_matches(fused, rows: int, hidden: int, dtype, device, eps: float) -> bool:
+    generator = torch.Generator(device=device).manual_seed(1234 + dist.get_rank())
+    partial = torch.randn(rows, hidden, device=device, generator=generator).to(dtype)
+    residual = torch.randn(rows, hidden, device=device, generator=generator).to(dtype)
+    weight = (torch.rand(hidden, device=device, generator=generator) + 0.5).to(dtype)
+    got, got_residual = fused(partial, residual, weight, eps)
+    reduced = partial.clone()
+    dist.all_reduce(reduced)
+    summed = (reduced.float() + residual.float()).to(dtype)
+    h = summed.float()
+    expected = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+    return bool(torch.allclose(got_residual.float(), summed.float(), atol=3e-2, rtol=2e-2)
+                and torch.allclose(got.float(), expected.float(), atol=3e-2, rtol=2e-2))
 
 
 @dataclass(frozen=True)
@@ -92,6 +149,14 @@ class TensorParallel:
                 return reduced
         dist.all_reduce(tensor)
         return tensor
+
+    def all_reduce_add_norm(self, partial: torch.Tensor, residual: torch.Tensor | None,
+                            weight: torch.Tensor, eps: float):
+        """(norm(all_reduce(partial) + residual), all_reduce(partial) + residual) in one
+        kernel where the fused path is set up and the rows fit; else None."""
+        if self.small_all_reduce is None:
+            return None
+        return self.small_all_reduce.try_reduce_add_norm(partial, residual, weight, eps)
 
     def broadcast_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Rank 0's sampled tokens to every rank (they feed the next overlapped step)."""

@@ -14,11 +14,16 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl_launch
+
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, eps,
                      stride_x, stride_r, stride_o, stride_ro, N: tl.constexpr,
-                     BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                     BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
+    if PDL:                             # see kernels.pdl_launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
@@ -47,7 +52,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         x.stride(0), residual.stride(0) if residual is not None else 0, out.stride(0),
         residual_out.stride(0), N=n, BLOCK=triton.next_power_of_2(n),
         HAS_RESIDUAL=residual is not None,
-        num_warps=NORM_WARPS or (8 if n >= 2048 else 4))
+        num_warps=NORM_WARPS or (8 if n >= 2048 else 4), **pdl_launch(x.device, rows))
     return out, residual_out
 
 
@@ -56,7 +61,11 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
                        v_cache_ptr, slots_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
                        stride_vt, stride_vh, stride_cos, stride_cb, stride_cs, stride_ch,
                        Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
-                       HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr):
+                       HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
+                       PDL: tl.constexpr):
+    if PDL:                             # see kernels.pdl_launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0)
     position = tl.load(positions_ptr + token)
     i = tl.arange(0, HALF_PAD)
@@ -102,11 +111,16 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
         cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HALF=dim // 2,
         HEADS_PAD=triton.next_power_of_2(max(q_heads, kv_heads)),
-        HALF_PAD=triton.next_power_of_2(dim // 2), PAGE=k_cache.shape[1], num_warps=4)
+        HALF_PAD=triton.next_power_of_2(dim // 2), PAGE=k_cache.shape[1], num_warps=4,
+        **pdl_launch(q.device, tokens))
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    if PDL:                             # see kernels.pdl_launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
@@ -122,7 +136,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(n, block))](x, out, x.stride(0), out.stride(0), N=n,
-                                                    BLOCK=block, num_warps=4)
+                                                    BLOCK=block, num_warps=4,
+                                                    **pdl_launch(x.device, rows))
     return out
 
 

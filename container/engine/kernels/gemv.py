@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl_launch
+
 CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
            for n, k, w, s in ((4, 1024, 4, 4), (8, 512, 4, 4), (8, 1024, 8, 3),
                               (16, 512, 8, 3), (16, 256, 4, 4), (32, 256, 8, 3))]
@@ -22,11 +24,21 @@ CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for start in range(0, K, BLOCK_K):
+    # The weights never depend on the kernel before: the first tile streams in while that
+    # kernel finishes (programmatic dependent launch); x is read only after it has.
+    cols = tl.arange(0, BLOCK_K)
+    col_ok = cols < K
+    w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+    for start in range(BLOCK_K, K, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         col_ok = cols < K
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
@@ -43,9 +55,9 @@ FIXED = {"BLOCK_N": 8, "BLOCK_K": 512}          # Triton's interpreter (CPU test
 def _launch(kernel, tuned, args, n: int, device) -> None:
     if device.type == "cuda":
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        tuned[grid](*args)
+        tuned[grid](*args, **pdl_launch(device, 1))
     else:
-        kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **FIXED)
+        kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **FIXED, PDL=False)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl_launch
 from .workspace import DecodeWorkspace
 
 
@@ -95,10 +96,13 @@ def _decode_split_kernel(
     stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
-    MERGE_HERE: tl.constexpr,
+    MERGE_HERE: tl.constexpr, PDL: tl.constexpr,
 ):
     # The group's query heads are the rows of a (padded) 16-row tile, so scores and the
     # weighted sum of values run on tensor cores; the kernel stays bound by reading K and V.
+    if PDL:                             # see kernels.pdl_launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -187,8 +191,11 @@ def _decode_merge_kernel(
     partial_out_ptr, partial_max_ptr, partial_sum_ptr, out_ptr,
     stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:                             # see kernels.pdl_launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
@@ -272,11 +279,13 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
         GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
         BLOCK_N=config["block_n"], SPLITS=splits, MERGE_HERE=merge_here,
-        num_warps=config["num_warps"], num_stages=config["num_stages"])
+        num_warps=config["num_warps"], num_stages=config["num_stages"],
+        **pdl_launch(q.device, batch))
     if splits == 1 or merge_here:
         return out
     _decode_merge_kernel[(batch, q_heads)](
         partial, maxima, sums, out,
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
-        HEAD_DIM=dim, DIM_PAD=_pad(dim), SPLITS=splits, SPLITS_PAD=_pad(splits), num_warps=4)
+        HEAD_DIM=dim, DIM_PAD=_pad(dim), SPLITS=splits, SPLITS_PAD=_pad(splits), num_warps=4,
+        **pdl_launch(q.device, batch))
     return out

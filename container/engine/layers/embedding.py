@@ -31,14 +31,16 @@ class VocabParallelEmbedding(nn.Module):
         param.data.zero_()
         param.data[:self.local_rows].copy_(rows)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+        """reduce=False with tensor parallelism: this rank's partial rows (zero where the token
+        is another rank's), for the next norm to reduce."""
         if not self.tp.enabled:
             return F.embedding(input_ids, self.weight)
         local = input_ids - self.start
         outside = (local < 0) | (local >= self.local_rows)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out = out.masked_fill(outside.unsqueeze(-1), 0)
-        return self.tp.all_reduce(out)
+        return self.tp.all_reduce(out) if reduce else out
 
 
 class ParallelLMHead(VocabParallelEmbedding):

@@ -175,7 +175,15 @@ class RowParallelLinear(nn.Module):
     def load_bias(self, param, tensor_slice, shard_id=None):
         _copy(param, tensor_slice[:], "row-parallel bias")
 
-    def forward(self, x):
+    @property
+    def can_defer_reduce(self) -> bool:
+        """Its partial sum can be left for the next norm to reduce (fused with it)."""
+        return self.tp.enabled and self.bias is None
+
+    def forward(self, x, reduce: bool = True):
+        """reduce=False (only where can_defer_reduce): this rank's partial sum."""
         out = linear(x, self.weight)
+        if not reduce and self.can_defer_reduce:
+            return out
         out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias

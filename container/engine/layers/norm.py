@@ -1,4 +1,5 @@
-"""RMSNorm, optionally fused with the residual add that precedes it."""
+"""RMSNorm, optionally fused with the residual add that precedes it, and with tensor
+parallelism with the all-reduce before that (the input is then each rank's partial sum)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,28 @@ import torch
 from torch import nn
 
 from ..kernels import gpu_kernels
+from ..parallel import SINGLE, TensorParallel
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float):
+    def __init__(self, hidden_size: int, eps: float, tp: TensorParallel = SINGLE):
         super().__init__()
         self.eps = eps
+        self.tp = tp
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """Without residual: norm(x). With residual: (norm(x + residual), x + residual)."""
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                partial: bool = False):
+        """Without residual: norm(x). With residual: (norm(x + residual), x + residual).
+        partial: x is this rank's partial sum; it is all-reduced first, and the result is
+        always the pair (with no residual, the reduced x is the new residual)."""
+        if partial and self.tp.enabled:
+            fused_reduce = self.tp.all_reduce_add_norm(x, residual, self.weight, self.eps)
+            if fused_reduce is not None:
+                return fused_reduce
+            x = self.tp.all_reduce(x)
+        if partial and residual is None:
+            return self.forward(x), x
         fused = gpu_kernels(x)
         if fused:
             out, new_residual = fused.rms_norm(x, self.weight, self.eps, residual)

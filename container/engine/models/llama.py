@@ -51,7 +51,12 @@ class LlamaAttention(nn.Module):
         else:
             q, k = self.rotary(positions, q, k)
             out = self.torch_backend(q, k, v, kv_cache, meta)
-        return self.o_proj(out.reshape(tokens, q_size))
+        return self.o_proj(out.reshape(tokens, q_size), reduce=not self.partial_output)
+
+    @property
+    def partial_output(self) -> bool:
+        """forward returns this rank's partial sum (the next norm all-reduces it)."""
+        return self.o_proj.can_defer_reduce
 
 
 class LlamaMLP(nn.Module):
@@ -66,9 +71,15 @@ class LlamaMLP(nn.Module):
         gate_up = self.gate_up_proj(x)
         fused = gpu_kernels(x)
         if fused:
-            return self.down_proj(fused.silu_and_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(torch.nn.functional.silu(gate) * up)
+            activated = fused.silu_and_mul(gate_up)
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            activated = torch.nn.functional.silu(gate) * up
+        return self.down_proj(activated, reduce=not self.partial_output)
+
+    @property
+    def partial_output(self) -> bool:
+        return self.down_proj.can_defer_reduce
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -76,18 +87,21 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(config, rotary, tp)
         self.mlp = LlamaMLP(config, tp)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
 
-    def forward(self, positions, hidden, residual, kv_cache, meta):
-        if residual is None:
+    def forward(self, positions, hidden, residual, kv_cache, meta, partial_input: bool):
+        """partial_input: `hidden` is a partial sum (tensor parallelism); returns the MLP's
+        output, the residual, and whether that output is a partial sum too."""
+        if residual is None and not partial_input:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self.input_layernorm(hidden, residual, partial=partial_input)
         hidden = self.self_attn(positions, hidden, kv_cache, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        hidden, residual = self.post_attention_layernorm(
+            hidden, residual, partial=self.self_attn.partial_output)
+        return self.mlp(hidden), residual, self.mlp.partial_output
 
 
 class LlamaModel(nn.Module):
@@ -98,14 +112,19 @@ class LlamaModel(nn.Module):
                                  config.rope_scaling)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary, tp)
                                     for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
+        self.tp = tp
 
     def forward(self, input_ids, positions, kv_caches, meta):
-        hidden = self.embed_tokens(input_ids)
+        # With tensor parallelism each all-reduce is left to the norm after it (one fused
+        # kernel on the GPU): the embedding and the row-parallel products hand on partial sums.
+        partial = self.tp.enabled
+        hidden = self.embed_tokens(input_ids, reduce=not partial)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-        hidden, _ = self.norm(hidden, residual)
+            hidden, residual, partial = layer(positions, hidden, residual, kv_cache, meta,
+                                              partial)
+        hidden, _ = self.norm(hidden, residual, partial=partial)
         return hidden
 
 
