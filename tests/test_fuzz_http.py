@@ -503,6 +503,17 @@ def test_million_character_prompt_is_a_fast_400(llm, path, body):
     assert llm.server.worker_pid() == llm.pid
 
 
+def test_more_prompts_than_the_job_queue_holds_is_400(llm):
+    """64 is the fuzz server's job_queue_size: a longer list could only ever be refused 503."""
+    error_of(requests.post(llm.server.url("/invocations"), timeout=30, json={
+        "inputs": ["hi"] * 65, "parameters": {"max_new_tokens": 1}}), 400, "job_queue_size=64")
+    error_of(requests.post(llm.server.url("/v1/completions"), timeout=30, json={
+        "prompt": ["hi"] * 1000, "max_tokens": 1}), 400, "job_queue_size=64")
+    answer = requests.post(llm.server.url("/invocations"), timeout=30, json={
+        "inputs": ["hi"] * 8, "parameters": {"max_new_tokens": 1}})
+    assert answer.status_code == 200 and len(answer.json()) == 8
+
+
 def test_body_over_max_request_size_is_413(llm, handler):
     for target in (llm, handler):
         error_of(post_raw(target, "/invocations", b"x" * 3_000_000, "text/plain"), 413,
@@ -587,6 +598,37 @@ def test_large_and_odd_custom_attributes(handler):
     error_of(_answer_despite_reset(lambda: requests.get(
         handler.server.url("/ping?" + "a" * 9000), timeout=10)), 414)
     assert handler.server.worker_pid() == handler.pid
+
+
+def raw_exchange(target: Target, request: bytes) -> tuple[int, dict]:
+    """Send bytes as they are (no HTTP client would send these); the status and JSON body."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", target.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /ping HTTP/9.9\r\n\r\n",
+    b"GET /ping HTTP/1.1\r\nno colon here\r\n\r\n",
+    b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["request-line", "version", "header", "content-length", "chunk-size"])
+def test_malformed_http_is_a_json_400(llm, handler, request_bytes):
+    for target in (llm, handler):
+        status, body = raw_exchange(target, request_bytes)
+        assert status == 400 and body["code"] == 400 and body["message"], body
+        assert target.server.worker_pid() == target.pid
 
 
 def test_method_not_allowed_names_the_allowed_methods(llm):

@@ -49,6 +49,14 @@ class LlmContext:
         self.max_input_len = int(info.get("max_input_len") or self.max_model_len)
         self.model_name = config.model_name
 
+    def check_count(self, count: int, field: str) -> None:
+        """A list of prompts is that many requests: more than the job queue holds could only
+        ever be answered 503 "retry later"."""
+        limit = int(self.config.setting("job_queue_size"))
+        if count > limit:
+            raise bad_request(f"{field}: {count} prompts in one request, more than this server's "
+                              f"job_queue_size={limit} requests in flight; send at most {limit}")
+
     def check_text(self, text: str, field: str) -> None:
         """400 for a text too long to fit max_input_len whatever its tokens, before spending
         seconds of this front-end process tokenizing megabytes. The bound allows 4 characters per
@@ -154,6 +162,7 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
     req = validate(LmiRequest, payload)
     params = req.parameters
     prompts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    ctx.check_count(len(prompts), "inputs")
     if req.stream and len(prompts) > 1:
         raise bad_request("inputs: stream=true takes one input, not a list")
     sampling = _lmi_sampling(params)
@@ -280,6 +289,7 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
         prompts = [prompt]
     else:
         prompts = list(prompt)
+    ctx.check_count(len(prompts), "prompt")
     if req.stream and len(prompts) > 1:
         raise bad_request("prompt: stream=true takes one prompt, not a list")
     generations, texts = [], []

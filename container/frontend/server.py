@@ -12,8 +12,10 @@ import json
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import NoMoreData, ParseException
 
 from ..config.loader import ServingConfig
+from ..errors import bad_request
 from ..logging_setup import setup_logging
 from ..workers.rundir import RunDir
 
@@ -40,6 +42,16 @@ def _json_error(sock, status_int: int, reason: str, mesg: str) -> None:
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def _malformed_body(error: Exception):
+    """gunicorn raises these while the app reads the body (a bad chunk, a body cut short): the
+    client's fault, a 400, not an internal error."""
+    from .http_utils import error_response
+
+    if isinstance(error, NoMoreData):
+        return error_response(bad_request("the body ended before its announced length"))
+    return error_response(bad_request(f"the body is malformed: {error}"))
 
 
 def _worker_exit(server, worker) -> None:
@@ -91,8 +103,10 @@ class FrontendApplication(BaseApplication):
         from .app import create_app
 
         gunicorn_util.write_error = _json_error
-
-        return create_app(self.run_dir)
+        app = create_app(self.run_dir)
+        app.register_error_handler(ParseException, _malformed_body)
+        app.register_error_handler(NoMoreData, _malformed_body)
+        return app
 
 
 def main() -> None:
