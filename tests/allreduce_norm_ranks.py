@@ -1,5 +1,5 @@
 """Run by tests/test_gpu.py under torchrun (one rank per GPU): the fused all-reduce + add +
-RMSNorm kernel against NCCL + the plain norm, for several row counts, many calls in a row
+RMSNorm kernel against NCCL (a float32 sum) + the plain norm, for several row counts, many calls in a row
 (the slots cycle and the sentinel is reset between uses), eagerly and replayed in a CUDA
 graph. Exits non-zero on the first difference."""
 
@@ -10,16 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from container.engine.kernels.allreduce_norm import AllReduceNorm
-
-
-def reference(partial, residual, weight, eps):
-    reduced = partial.clone()
-    dist.all_reduce(reduced)
-    summed = (reduced.float() + residual.float()).to(partial.dtype)
-    h = summed.float()
-    return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(partial.dtype), \
-        summed
+from container.engine.kernels.allreduce_norm import AllReduceNorm, reference
 
 
 def main() -> None:
@@ -38,10 +29,12 @@ def main() -> None:
         residual = torch.randn(rows, hidden, device=device, generator=generator).bfloat16()
         out, summed = fused(partial, residual, weight, eps)
         expected_out, expected_summed = reference(partial, residual, weight, eps)
-        assert torch.allclose(summed.float(), expected_summed.float(), atol=2e-2, rtol=1e-2), \
-            f"residual differs at call {call}"
-        assert torch.allclose(out.float(), expected_out.float(), atol=3e-2, rtol=2e-2), \
-            f"norm differs at call {call}"
+        worst = (summed.float() - expected_summed.float()).abs().max().item()
+        assert torch.allclose(summed.float(), expected_summed.float(), atol=1e-2, rtol=1e-2), \
+            f"residual differs at call {call} ({rows} rows): max {worst}"
+        worst = (out.float() - expected_out.float()).abs().max().item()
+        assert torch.allclose(out.float(), expected_out.float(), atol=2e-2, rtol=2e-2), \
+            f"norm differs at call {call} ({rows} rows): max {worst}"
     # in a CUDA graph: the epoch counters advance on the device at every replay
     static = torch.randn(1, hidden, device=device, generator=generator).bfloat16()
     residual = torch.randn(1, hidden, device=device, generator=generator).bfloat16()
@@ -57,7 +50,7 @@ def main() -> None:
         static.copy_(torch.randn(1, hidden, device=device, generator=generator).bfloat16())
         graph.replay()
         expected_out, expected_summed = reference(static, residual, weight, eps)
-        assert torch.allclose(graph_out.float(), expected_out.float(), atol=3e-2, rtol=2e-2), \
+        assert torch.allclose(graph_out.float(), expected_out.float(), atol=2e-2, rtol=2e-2), \
             f"graph replay {replay} differs"
     torch.cuda.synchronize()
     dist.barrier()

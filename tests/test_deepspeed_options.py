@@ -17,9 +17,9 @@ from container.errors import StartupError
 
 
 def setup_for(options: dict, tmp_path, device="cpu", model_type="llama", tp=2,
-              dtype=torch.float32):
+              dtype=torch.float32, transformers_version=4):
     return build_setup(DeepSpeedOptions.from_options(options), tp, tmp_path, device, model_type,
-                       dtype)
+                       dtype, transformers_version)
 
 
 def test_every_djl_option_reaches_init_inference(tmp_path):
@@ -51,9 +51,28 @@ def test_defaults_are_djls(tmp_path):
     ("cpu", "gpt2", False), ("cpu", "llama", False), ("cuda", "llama", False),
     ("cuda", "gpt2", True), ("cuda", "bloom", True), ("cuda", "opt", True)])
 def test_kernel_injection_is_decided_by_device_and_architecture(device, model_type, injected):
-    chosen, why = choose_kernel_injection(device, model_type)
+    chosen, why = choose_kernel_injection(device, model_type, transformers_version=4)
     assert chosen is injected
     assert why.startswith("kernel injection" if injected else "AutoTP")
+
+
+def test_transformers_5_gets_autotp_or_one_line_when_injection_is_asked_for(tmp_path):
+    """DeepSpeed's injected layers return transformers 4's tuples; under transformers 5 the next
+    layer gets a tuple (seen on an H200). Chosen automatically: AutoTP, saying why; asked for
+    in a DeepSpeed config: refused at start with the fix."""
+    chosen, why = choose_kernel_injection("cuda", "opt", transformers_version=5)
+    assert not chosen and why.startswith("AutoTP") and "transformers 5.x" in why
+    setup = setup_for({}, tmp_path, device="cuda", model_type="opt", dtype=torch.float16,
+                      transformers_version=5)
+    assert setup.mode == "AutoTP" and setup.init_args["replace_with_kernel_inject"] is False
+    (tmp_path / "inject.json").write_text(json.dumps({"replace_with_kernel_inject": True}))
+    with pytest.raises(StartupError, match="set it to false .AutoTP., or build the image with "
+                                           "transformers<5"):
+        setup_for({"deepspeed_config_path": "inject.json"}, tmp_path, device="cuda",
+                  model_type="opt", dtype=torch.float16, transformers_version=5)
+    with pytest.raises(StartupError, match="dynamic_int8 runs on DeepSpeed's int8 CUDA kernels"):
+        setup_for({"quantize": "dynamic_int8"}, tmp_path, device="cuda", model_type="opt",
+                  dtype=torch.float16, transformers_version=5)
 
 
 def test_deepspeed_config_path_replaces_the_options(tmp_path):

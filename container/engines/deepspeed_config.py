@@ -39,12 +39,37 @@ class InferenceSetup:
         return "kernel injection" if self.kernel_injection else "AutoTP"
 
 
-def choose_kernel_injection(device_type: str, model_type: str) -> tuple[bool, str]:
+def transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def injection_blocker(transformers_version: int) -> str | None:
+    """Why DeepSpeed's injected layers cannot run under this transformers, or None.
+
+    They were written against transformers 4's layer interface (return a tuple, take the past
+    key/values as tuples). Transformers 5 chains layers on the bare hidden states, so the second
+    layer receives the first one's tuple: seen on an H200 with an OPT model, DeepSpeed 0.19.8
+    and transformers 5.17 ('tuple' object has no attribute 'size').
+    """
+    if transformers_version >= 5:
+        return (f"DeepSpeed's injected layers speak transformers 4's layer interface and "
+                f"transformers {transformers_version}.x is installed")
+    return None
+
+
+def choose_kernel_injection(device_type: str, model_type: str,
+                            transformers_version: int | None = None) -> tuple[bool, str]:
     if device_type != "cuda":
         return False, "AutoTP: DeepSpeed's injection kernels are CUDA kernels and this is a CPU"
     if model_type not in KERNEL_INJECTION_MODEL_TYPES:
         return False, (f"AutoTP: DeepSpeed kernel injection (as DJL used it) covers "
                        f"{', '.join(KERNEL_INJECTION_MODEL_TYPES)}, not {model_type}")
+    blocker = injection_blocker(transformers_major() if transformers_version is None
+                                else transformers_version)
+    if blocker:
+        return False, f"AutoTP: {blocker}"
     return True, f"kernel injection: DeepSpeed has fused CUDA kernels for {model_type}"
 
 
@@ -108,12 +133,16 @@ def _from_file(options: DeepSpeedOptions, tp: int, model_dir: Path) -> dict:
 
 
 def build_setup(options: DeepSpeedOptions, tp: int, model_dir: Path, device_type: str,
-                model_type: str, dtype: torch.dtype) -> InferenceSetup:
-    """Every init_inference argument, or a StartupError saying what cannot work here."""
+                model_type: str, dtype: torch.dtype,
+                transformers_version: int | None = None) -> InferenceSetup:
+    """Every init_inference argument, or a StartupError saying what cannot work here.
+    transformers_version: the installed major version unless given."""
+    if transformers_version is None:
+        transformers_version = transformers_major()
     args = (_from_file if options.deepspeed_config_path else _from_options)(options, tp, model_dir)
     injection = args.pop("replace_with_kernel_inject", args.pop("kernel_inject", None))
     if injection is None:
-        injection, why = choose_kernel_injection(device_type, model_type)
+        injection, why = choose_kernel_injection(device_type, model_type, transformers_version)
     else:
         injection = bool(injection)
         why = f"{'kernel injection' if injection else 'AutoTP'}: set in option.deepspeed_config_path"
@@ -129,6 +158,11 @@ def build_setup(options: DeepSpeedOptions, tp: int, model_dir: Path, device_type
     if injection and device_type != "cuda":
         raise StartupError("DeepSpeed kernel injection needs a CUDA GPU: set "
                            "replace_with_kernel_inject to false in option.deepspeed_config_path")
+    blocker = injection_blocker(transformers_version) if injection else None
+    if blocker:
+        raise StartupError(f"replace_with_kernel_inject is set in option.deepspeed_config_path, "
+                           f"but {blocker}: set it to false (AutoTP), or build the image with "
+                           f"transformers<5")
     if args.get("enable_cuda_graph"):
         raise StartupError("enable_cuda_graph in option.deepspeed_config_path: DeepSpeed replays "
                            "a CUDA graph for one fixed input shape; text generation changes "

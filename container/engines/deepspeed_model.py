@@ -83,8 +83,24 @@ def load_model(model_dir: Path, setup: InferenceSetup, trust_remote_code: bool):
         # rank and AutoTP it would silently serve uninitialized weights, so load it here.
         _load_state_dicts(model, setup.checkpoint_json, Path(args.get("base_dir") or model_dir))
         args.pop("checkpoint")
+    if setup.kernel_injection:
+        _arch_list_for_deepspeed()
     engine = deepspeed.init_inference(model, config=args)
     return engine.module
+
+
+def _arch_list_for_deepspeed() -> None:
+    """DeepSpeed JIT-builds its inference kernels for TORCH_CUDA_ARCH_LIST, and its parser
+    fails on architecture-specific entries such as Hopper's '9.0a' (int('0a')). The plain
+    '9.0' builds the same kernels: DeepSpeed's have no 'a'-only instructions."""
+    import os
+    import re
+
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if value and re.search(r"\d[a-z]", value):
+        plain = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
+        log.info("TORCH_CUDA_ARCH_LIST %r -> %r for DeepSpeed's kernel build", value, plain)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = plain
 
 
 def _load_state_dicts(model, description_path: Path, base_dir: Path) -> None:

@@ -123,6 +123,22 @@ class AllReduceNorm:
         return out, residual_out
 
 
+def reference(partial: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the kernel computes, with NCCL: the sum over ranks in float32 (NCCL's own bf16 sum
+    rounds after every hop, which the kernel does not), then add and norm as the kernel does."""
+    import torch.distributed as dist
+
+    reduced = partial.float()
+    dist.all_reduce(reduced)
+    summed = reduced.to(partial.dtype)
+    if residual is not None:
+        summed = (summed.float() + residual.float()).to(partial.dtype)
+    h = summed.float()
+    normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(partial.dtype)
+    return weight * normed, summed
+
+
 def _pointer_table(handle, device) -> torch.Tensor:
     """Every rank's base address of a symmetric buffer, as a device int64 array."""
     return torch.tensor([int(p) for p in handle.buffer_ptrs], dtype=torch.int64, device=device)
