@@ -190,6 +190,24 @@ def test_smollm2_tp2_matches_transformers(tmp_path, serve_factory):
     assert "rank 1 holds 3 of 9 query heads and 1 of 3 KV heads" in log
 
 
+def test_opt_tp2_matches_transformers(tmp_path, serve_factory):
+    """The seeds' OPT family (OPT-30B in the article) on two ranks: AutoTP here (a CPU, and
+    transformers 5 on a GPU too), requests of different lengths batched together."""
+    model_dir = build_model(tmp_path / "tiny-opt", "opt")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [" ".join(WORDS[:n]) for n in (3, 9, 14)]
+    model_copy(model_dir, tmp_path / "served", DEEPSPEED_TP2)
+    server = serve_factory(tmp_path / "served").start(timeout=START_TIMEOUT)
+    with futures.ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda p: lmi(server, p, max_new_tokens=10, details=True,
+                                              ignore_eos=True), prompts))
+    expected = reference_greedy(model_dir, [tokenizer(p)["input_ids"] for p in prompts], 10)
+    assert [token_ids(r) for r in results] == expected
+    assert "AutoTP" in server.log
+
+
 def test_deepspeed_style_model_py_runs_on_two_ranks(tiny_dir, tmp_path, hf_tokenizer,
                                                     serve_factory):
     """The article's model.py shape: download once with a barrier, init_inference, handle()."""

@@ -48,7 +48,8 @@ def build_tokenizer(directory: Path, vocab_size: int = 800):
 
 def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
                 max_positions: int = 512, **overrides) -> Path:
-    """Save a tiny random model of the given family (llama | qwen2 | mistral) with tokenizer."""
+    """Save a tiny random model of the given family (llama | qwen2 | mistral | opt) with
+    tokenizer."""
     import torch
     import transformers
 
@@ -74,6 +75,15 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
     elif architecture == "mistral":
         config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=None, **common)
         cls = transformers.MistralForCausalLM
+    elif architecture == "opt":      # the seeds' OPT-30B family: learned positions, no GQA
+        config = transformers.OPTConfig(
+            vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
+            ffn_dim=common["intermediate_size"], num_hidden_layers=common["num_hidden_layers"],
+            num_attention_heads=common["num_attention_heads"],
+            max_position_embeddings=max_positions, word_embed_proj_dim=common["hidden_size"],
+            init_std=common["initializer_range"], eos_token_id=eos, bos_token_id=None,
+            pad_token_id=0)
+        cls = transformers.OPTForCausalLM
     else:
         raise ValueError(architecture)
     torch.manual_seed(seed)
