@@ -177,3 +177,16 @@ HANDLERS = Path(__file__).resolve().parent / "handlers"
 def handler_dir(tmp_path: Path, name: str, properties: str = "", extra: dict | None = None) -> Path:
     """A model dir whose model.py is tests/handlers/<name>.py."""
     return write_model(tmp_path / name, (HANDLERS / f"{name}.py").read_text(), properties, extra)
+
+
+def engine_stats(server) -> dict:
+    """The engine's live figures from /models/{name}. Right after a start, or on a loaded
+    machine, the front-end process that answers may not hear from the worker in time and
+    leaves them out: ask again (up to 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        stats = requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
+            "engineStats"]
+        if stats or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, ServeProcess, error_line, handler_dir, run_serve_to_exit
+from conftest import (REPO, ServeProcess, engine_stats, error_line, handler_dir,
+                      run_serve_to_exit)
 from tiny_models import build_model, default_model_dir, reference_greedy
 
 DEEPSPEED_TP2 = "engine=DeepSpeed\noption.tensor_parallel_degree=2\n"
@@ -39,18 +40,6 @@ def lmi(server, inputs, timeout=300, **parameters):
 
 def token_ids(result) -> list[int]:
     return [t["id"] for t in result["details"]["tokens"]]
-
-
-def engine_stats(server) -> dict:
-    """The engine's figures; a front-end process that has not reached the worker yet has
-    none, so ask again."""
-    deadline = time.monotonic() + 30
-    while True:
-        stats = requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
-            "engineStats"]
-        if stats or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.2)
 
 
 def shm_segments() -> set[str]:

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import ServeProcess
+from conftest import ServeProcess, engine_stats
 from tiny_models import build_model, default_model_dir, reference_greedy
 
 WORDS = ("the model serves tokens quickly while requests join and leave the batch "
@@ -52,10 +52,6 @@ def stream_lines(server, body, path="/invocations"):
         assert response.status_code == 200, response.text
         return [line for line in response.iter_lines(decode_unicode=False) if line]
 
-
-def engine_stats(server) -> dict:
-    return requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][
-        "engineStats"]
 
 
 def make_prompt(rng: random.Random, words: int) -> str:
