@@ -259,12 +259,14 @@ def variant(name: str):
         linear.linear, embedding.linear, pa.DECODE_OVERRIDE = saved
 
 
-def recapture(sizes: list[int]) -> None:
+def recapture(sizes: list[int], svc=None) -> None:
+    """Re-capture the decode graphs of `svc` (default: this script's service) for these
+    batch sizes only."""
     import torch
 
     import container.engine.cuda_graphs as cg
 
-    svc = service()
+    svc = svc or service()
     runner = svc.runner
     runner.graphs = None
     gc.collect()
@@ -736,19 +738,10 @@ def phase_serve() -> None:
 
 def phase_offline() -> None:
     """W4 exactly as native_gpu.py runs it: our engine, then transformers generate_batch."""
-    import subprocess
-
     _release_service()
-    command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
-               "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
-               "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
-               "--option", "max_rolling_batch_prefill_tokens=16384",
-               "--peers", "generate_batch", "--label", "W4_offline_256x128_128",
-               "--results-dir", str(OUT)]
-    subprocess.call(command, cwd=REPO)
-    path = OUT / "W4_offline_256x128_128.json"
-    if path.exists():
-        RESULTS["W4"] = json.loads(path.read_text())["results"]
+    w4 = base.run_w4()
+    if w4 is not None:
+        RESULTS["W4"] = w4
     save()
 
 

@@ -177,7 +177,9 @@ def phase_serve_w1_only() -> None:
     phase_serve(("W1",))
 
 
-def phase_offline() -> None:
+def run_w4() -> list | None:
+    """W4 offline (256 x 128/128): our engine, then transformers generate_batch, one process;
+    the results list of its JSON report, or None if it failed."""
     command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
                "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
                "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
@@ -186,8 +188,13 @@ def phase_offline() -> None:
                "--results-dir", str(OUT)]
     subprocess.call(command, cwd=REPO)
     path = OUT / "W4_offline_256x128_128.json"
-    if path.exists():
-        SUMMARY["W4"] = json.loads(path.read_text())["results"]
+    return json.loads(path.read_text())["results"] if path.exists() else None
+
+
+def phase_offline() -> None:
+    w4 = run_w4()
+    if w4 is not None:
+        SUMMARY["W4"] = w4
     command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
                "--num-prompts", "1", "--input-len", "128", "--output-len", "256",
                "--option", "max_model_len=2048", "--peers", "generate", "--peer-batch", "1",

@@ -51,33 +51,9 @@ def build():
 
 
 def follow_until_idle(svc) -> None:
-    import torch
+    from container.engine.llm_engine import follow_steps
 
-    previous = None
-    while (plan := svc.plan_channel.receive()) is not None:
-        svc.runner.execute(plan, previous)
-        sampled = plan.layout()["logits_rows"][1]
-        if sampled:
-            previous = svc.runner.tp.broadcast_tokens(
-                torch.empty(sampled, dtype=torch.int64, device=svc.runner.device))
-
-
-def recapture(svc, sizes) -> None:
-    import gc
-
-    import torch
-
-    import container.engine.cuda_graphs as cg
-
-    svc.runner.graphs = None
-    gc.collect()
-    torch.cuda.empty_cache()
-    original = cg.bucket_sizes
-    cg.bucket_sizes = lambda m: [s for s in sizes if s <= m]
-    try:
-        svc.runner.capture_graphs(max(sizes), svc.max_model_len)
-    finally:
-        cg.bucket_sizes = original
+    follow_steps(svc.runner, svc.plan_channel, until_idle=True)
 
 
 def lockstep_replays(svc, rank: int) -> dict:
@@ -113,12 +89,12 @@ def variants(svc, rank: int) -> None:
     if reducer is None:                         # one rank: with and without PDL only
         for name, pdl in (("single_rank", "1"), ("single_rank_no_pdl", "0")):
             os.environ["SERVE_PDL"] = pdl
-            recapture(svc, [1, 16])
+            prof.recapture([1, 16], svc)
             RESULTS[name] = lockstep_replays(svc, rank)
             log(f"{name}: " + ", ".join(f"{k} {v}" for k, v in RESULTS[name].items()
                                          if k.endswith("_ms")))
         os.environ["SERVE_PDL"] = "1"
-        recapture(svc, [1, 2, 4, 8, 16])
+        prof.recapture([1, 2, 4, 8, 16], svc)
         return
     saved = (reducer.enabled, reducer.fuse_copy, reducer.norm)
     plan = [("fused_norm", True, saved[1], True, "1"),
@@ -133,14 +109,14 @@ def variants(svc, rank: int) -> None:
         os.environ["SERVE_PDL"] = pdl
         if not fused_norm:
             reducer.norm = None
-        recapture(svc, [1, 16])
+        prof.recapture([1, 16], svc)
         RESULTS[name] = lockstep_replays(svc, rank)
         if rank == 0:
             log(f"{name}: " + ", ".join(f"{k} {v}" for k, v in RESULTS[name].items()
                                          if k.endswith("_ms")))
     reducer.enabled, reducer.fuse_copy, reducer.norm = saved
     os.environ["SERVE_FUSED_ALLREDUCE_NORM"] = os.environ["SERVE_PDL"] = "1"
-    recapture(svc, [1, 2, 4, 8, 16])
+    prof.recapture([1, 2, 4, 8, 16], svc)
 
 
 def engine_w1(svc, rank: int) -> None:

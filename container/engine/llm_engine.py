@@ -237,13 +237,16 @@ class LLMEngine:
 
 
 @torch.inference_mode()
-def follow_steps(runner: ModelRunner, plan_channel) -> None:
-    """Ranks 1..N-1: run every plan rank 0 broadcasts, forever; receive each step's sampled
-    tokens as rank 0 sends them, for the placeholders of the step after."""
+def follow_steps(runner: ModelRunner, plan_channel, until_idle: bool = False) -> None:
+    """Ranks 1..N-1: run every plan rank 0 broadcasts, forever (until_idle: until its first
+    heartbeat); receive each step's sampled tokens as rank 0 sends them, for the placeholders
+    of the step after."""
     previous = None
     while True:
         plan = plan_channel.receive()
         if plan is None:
+            if until_idle:
+                return
             continue
         runner.execute(plan, previous)
         sampled = plan.layout()["logits_rows"][1]
