@@ -29,7 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pdl_launch
+from .fused import store_residual_and_norm
+from .pdl import pdl_launch, pdl_prologue
 
 
 SENTINEL_BITS = tl.constexpr(-32768)      # 0x8000: -0.0 in bf16 and fp16, "not written yet"
@@ -42,9 +43,7 @@ def _allreduce_add_norm_kernel(partial_ptr, residual_ptr, weight_ptr, out_ptr, r
                                stride_ro, RANK: tl.constexpr, WORLD: tl.constexpr,
                                MAX_ROWS: tl.constexpr, N: tl.constexpr, BLOCK: tl.constexpr,
                                HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
@@ -78,12 +77,8 @@ def _allreduce_add_norm_kernel(partial_ptr, residual_ptr, weight_ptr, out_ptr, r
     x = total.to(element).to(tl.float32)
     if HAS_RESIDUAL:
         x += tl.load(residual_ptr + row * stride_r + cols, mask=ok, other=0.0).to(tl.float32)
-        x = x.to(element).to(tl.float32)
-    tl.store(residual_out_ptr + row * stride_ro + cols, x.to(element), mask=ok)
-    variance = tl.sum(x * x, 0) / N
-    normed = (x * tl.rsqrt(variance + eps)).to(out_ptr.dtype.element_ty)
-    weight = tl.load(weight_ptr + cols, mask=ok, other=0.0)
-    tl.store(out_ptr + row * stride_o + cols, normed * weight, mask=ok)
+    store_residual_and_norm(x, weight_ptr, out_ptr + row * stride_o,
+                            residual_out_ptr + row * stride_ro, cols, ok, eps, N)
 
 
 class AllReduceNorm:

@@ -14,29 +14,36 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pdl_launch
+from .pdl import pdl_launch, pdl_prologue
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, eps,
                      stride_x, stride_r, stride_o, stride_ro, N: tl.constexpr,
                      BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PDL: tl.constexpr):
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < N
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         x += tl.load(residual_ptr + row * stride_r + cols, mask=ok, other=0.0).to(tl.float32)
-    # transformers rounds the sum to the activation type before normalising
-    x = x.to(out_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(residual_out_ptr + row * stride_ro + cols, x.to(out_ptr.dtype.element_ty), mask=ok)
+    store_residual_and_norm(x, weight_ptr, out_ptr + row * stride_o,
+                            residual_out_ptr + row * stride_ro, cols, ok, eps, N)
+
+
+@triton.jit
+def store_residual_and_norm(x, weight_ptr, out_row_ptr, residual_out_row_ptr, cols, ok, eps,
+                            N: tl.constexpr):
+    """x (float32, a row's sum so far) rounded to the activation type as transformers rounds
+    it, stored as the new residual, then RMS-normalised and scaled into out."""
+    element = out_row_ptr.dtype.element_ty
+    x = x.to(element).to(tl.float32)
+    tl.store(residual_out_row_ptr + cols, x.to(element), mask=ok)
     variance = tl.sum(x * x, 0) / N
-    normed = (x * tl.rsqrt(variance + eps)).to(out_ptr.dtype.element_ty)
+    normed = (x * tl.rsqrt(variance + eps)).to(element)
     weight = tl.load(weight_ptr + cols, mask=ok, other=0.0)
-    tl.store(out_ptr + row * stride_o + cols, normed * weight, mask=ok)
+    tl.store(out_row_ptr + cols, normed * weight, mask=ok)
 
 
 NORM_WARPS: int | None = None          # a sweep's choice (decode_profile.py)
@@ -63,9 +70,7 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
                        Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
                        HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
                        PDL: tl.constexpr):
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     token = tl.program_id(0)
     position = tl.load(positions_ptr + token)
     i = tl.arange(0, HALF_PAD)
@@ -118,9 +123,7 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, N: tl.constexpr, BLOCK: tl.constexpr,
                      PDL: tl.constexpr):
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N

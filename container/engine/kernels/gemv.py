@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pdl_launch
+from .pdl import pdl_launch, pdl_prologue
 
 CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
            for n, k, w, s in ((4, 1024, 4, 4), (8, 512, 4, 4), (8, 1024, 8, 3),
@@ -33,9 +33,7 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
     col_ok = cols < K
     w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
                 mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
     acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
     for start in range(BLOCK_K, K, BLOCK_K):

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import pdl_launch
+from .pdl import pdl_launch, pdl_prologue
 from .workspace import DecodeWorkspace
 
 
@@ -100,9 +100,7 @@ def _decode_split_kernel(
 ):
     # The group's query heads are the rows of a (padded) 16-row tile, so scores and the
     # weighted sum of values run on tensor cores; the kernel stays bound by reading K and V.
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -193,9 +191,7 @@ def _decode_merge_kernel(
     HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr, PDL: tl.constexpr,
 ):
-    if PDL:                             # see kernels.pdl_launch
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_prologue(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_PAD)
