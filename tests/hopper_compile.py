@@ -1,0 +1,161 @@
+"""Compile every Triton kernel of the GPU path for Hopper (sm_90) on a machine without a GPU.
+
+The interpreter tests (test_kernels.py) check what the kernels compute; they never run Triton's
+compiler, so a kernel that the interpreter accepts may still fail to compile. Here each public
+wrapper is called with CPU tensors of 8B-Llama shapes while its kernel launches are recorded
+instead of run; every recorded launch is then compiled for sm_90 down to a cubin (Triton's own
+ptxas), with programmatic dependent launch off and on. Prints one JSON line per compilation.
+
+Run in a fresh process (test_hopper_compile.py does): TRITON_INTERPRET must be unset before
+triton is imported, or the kernels are interpreter objects that cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from container.engine.kernels import allreduce_norm, fused, gemv, paged_attention, step_inputs
+from container.engine.kernels.workspace import DecodeWorkspace
+
+HOPPER = GPUTarget("cuda", 90, 32)
+COMPILE_OPTIONS = ("num_warps", "num_stages")
+LAUNCH_ONLY = ("launch_pdl",)
+DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
+          torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1"}
+
+
+class Recorder:
+    """Stands in for a JITFunction at its module's global name: `kernel[grid](...)` records."""
+
+    def __init__(self, kernel, launches: list):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.kernel, args, kwargs))
+
+
+def record(module, name: str, launches: list) -> None:
+    setattr(module, name, Recorder(getattr(module, name), launches))
+
+
+def signature_of(kernel, args: tuple, kwargs: dict, pdl: bool) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, compile options) as Triton's launcher would build them."""
+    values = dict(zip(kernel.arg_names, args))
+    options = {}
+    for key, value in kwargs.items():
+        if key in COMPILE_OPTIONS:
+            options[key] = value
+        elif key not in LAUNCH_ONLY:
+            values[key] = value
+    if "PDL" in kernel.arg_names:
+        values["PDL"] = pdl
+    signature, constexprs = {}, {}
+    for index, param in enumerate(kernel.params):
+        value = values[param.name]
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            constexprs[(index,)] = value
+        elif isinstance(value, torch.Tensor):
+            signature[param.name] = "*" + DTYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[param.name] = "i1"
+        elif isinstance(value, int):
+            signature[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        elif isinstance(value, float):
+            signature[param.name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.__name__}.{param.name}: cannot type {value!r}")
+    return signature, constexprs, options
+
+
+def compile_launch(kernel, args, kwargs, pdl: bool) -> dict:
+    signature, constexprs, options = signature_of(kernel, args, kwargs, pdl)
+    result = {"kernel": kernel.__name__, "pdl": pdl, "options": options,
+              "constexprs": {kernel.arg_names[i[0]]: v for i, v in constexprs.items()}}
+    try:
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=HOPPER,
+                                  options=options)
+    except Exception as exc:  # noqa: BLE001 - reported per launch, the caller judges
+        return dict(result, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+    ptx = compiled.asm["ptx"]
+    return dict(result, ok=len(compiled.asm["cubin"]) > 0,
+                griddep_wait="griddepcontrol.wait" in ptx,
+                griddep_launch="griddepcontrol.launch_dependents" in ptx)
+
+
+def launches_of_an_8b_layer() -> list:
+    """Every kernel launch of the GPU path, from its wrapper, at 8B-Llama shapes."""
+    launches: list = []
+    for module, name in ((fused, "_rms_norm_kernel"), (fused, "_rope_cache_kernel"),
+                         (fused, "_silu_mul_kernel"), (fused, "_argmax_part_kernel"),
+                         (fused, "_argmax_final_kernel"), (gemv, "_gemv_kernel"),
+                         (paged_attention, "_prefill_kernel"),
+                         (paged_attention, "_decode_split_kernel"),
+                         (paged_attention, "_decode_merge_kernel"),
+                         (step_inputs, "_unpack_decode_kernel"),
+                         (allreduce_norm, "_allreduce_add_norm_kernel")):
+        record(module, name, launches)
+    bf16 = torch.bfloat16
+    hidden, q_heads, kv_heads, dim, page, blocks = 4096, 32, 8, 128, 16, 64
+    x = torch.empty(4, hidden, dtype=bf16)
+    weight = torch.empty(hidden, dtype=bf16)
+    fused.rms_norm(x, weight, 1e-5)
+    fused.rms_norm(x, weight, 1e-5, residual=x)
+    kv_cache = torch.empty(2, blocks, page, kv_heads, dim, dtype=bf16)
+    q = torch.empty(4, q_heads, dim, dtype=bf16)
+    k = torch.empty(4, kv_heads, dim, dtype=bf16)
+    cos = torch.empty(4096, dim // 2, dtype=torch.float32)
+    fused.rope_and_cache(q, k, k.clone(), torch.zeros(4, dtype=torch.int64), cos, cos, kv_cache,
+                         torch.zeros(4, dtype=torch.int64))
+    fused.silu_and_mul(torch.empty(4, 2 * 14336, dtype=bf16))
+    fused.argmax_rows(torch.empty(4, 128256, dtype=bf16), torch.empty(4, dtype=torch.int64))
+    gemv.gemv(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=bf16))
+    tables = torch.zeros(4, blocks, dtype=torch.int64)        # as in cuda_graphs.DecodeGraphs
+    seq_lens = torch.full((4,), 256, dtype=torch.int64)
+    paged_attention.paged_prefill(q, kv_cache, tables, seq_lens,
+                                  torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32), 1, 0.088)
+    workspace = DecodeWorkspace()
+    for splits in (1, 4):
+        paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, splits, workspace)
+    paged_attention.DECODE_OVERRIDE = {"block_n": 16, "num_warps": 2, "num_stages": 2}
+    paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, 4, workspace)  # + merge
+    paged_attention.DECODE_OVERRIDE = None
+    step_inputs.unpack_decode_plan(torch.zeros(4096, dtype=torch.int64),
+                                   torch.zeros(4, dtype=torch.int64),
+                                   *(torch.zeros(4, dtype=torch.int64) for _ in range(3)),
+                                   seq_lens, tables, 0)
+    fused_allreduce = object.__new__(allreduce_norm.AllReduceNorm)   # buffers: only addresses
+    fused_allreduce.rank, fused_allreduce.world, fused_allreduce.max_rows = 0, 2, 64
+    fused_allreduce.buffer_ptrs = torch.zeros(2, dtype=torch.int64)
+    fused_allreduce.epochs = torch.zeros(64, dtype=torch.int64)
+    fused_allreduce(x, None, weight, 1e-5)
+    fused_allreduce(x, x, weight, 1e-5)
+    return launches
+
+
+def main() -> int:
+    for kernel, args, kwargs in launches_of_an_8b_layer():
+        if kernel.__name__ == "_gemv_kernel":       # on a GPU the autotuner picks one of these
+            variants = [dict(kwargs, **config.kwargs, num_warps=config.num_warps,
+                             num_stages=config.num_stages) for config in gemv.CONFIGS]
+        else:
+            variants = [kwargs]
+        for variant in variants:
+            for pdl in ((False, True) if "PDL" in kernel.arg_names else (False,)):
+                print(json.dumps(compile_launch(kernel, args, variant, pdl)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
