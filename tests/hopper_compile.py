@@ -5,6 +5,7 @@ compiler, so a kernel that the interpreter accepts may still fail to compile. He
 wrapper is called with CPU tensors of 8B-Llama shapes while its kernel launches are recorded
 instead of run; every recorded launch is then compiled for sm_90 down to a cubin (Triton's own
 ptxas), with programmatic dependent launch off and on. Prints one JSON line per compilation.
+With --ptx DIR, and --compare, it also shows whether a kernel refactor changed the code.
 
 Run in a fresh process (test_hopper_compile.py does): TRITON_INTERPRET must be unset before
 triton is imported, or the kernels are interpreter objects that cannot be compiled.
@@ -79,7 +80,7 @@ def signature_of(kernel, args: tuple, kwargs: dict, pdl: bool) -> tuple[dict, di
     return signature, constexprs, options
 
 
-def compile_launch(kernel, args, kwargs, pdl: bool) -> dict:
+def compile_launch(kernel, args, kwargs, pdl: bool, ptx_dir: Path | None = None) -> dict:
     signature, constexprs, options = signature_of(kernel, args, kwargs, pdl)
     result = {"kernel": kernel.__name__, "pdl": pdl, "options": options,
               "constexprs": {kernel.arg_names[i[0]]: v for i, v in constexprs.items()}}
@@ -89,9 +90,42 @@ def compile_launch(kernel, args, kwargs, pdl: bool) -> dict:
     except Exception as exc:  # noqa: BLE001 - reported per launch, the caller judges
         return dict(result, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
     ptx = compiled.asm["ptx"]
+    if ptx_dir is not None:       # to compare two versions of a kernel: same PTX, same speed
+        name = "-".join([kernel.__name__, *(f"{k}={v}" for k, v in result["constexprs"].items()),
+                         *(f"{k}={v}" for k, v in options.items())])
+        (ptx_dir / f"{name}.ptx").write_text(ptx)
     return dict(result, ok=len(compiled.asm["cubin"]) > 0,
                 griddep_wait="griddepcontrol.wait" in ptx,
                 griddep_launch="griddepcontrol.launch_dependents" in ptx)
+
+
+def instructions(ptx: str) -> list[str]:
+    """A PTX listing without debug information, source locations and comments."""
+    kept = []
+    for line in ptx.split(".section\t.debug")[0].splitlines():
+        text = line.split("//")[0].strip()
+        if text and not text.startswith((".loc", ".file", "$L__tmp", "$L__func")):
+            kept.append(text)
+    return kept
+
+
+def _opcodes(lines: list[str]) -> list[str]:
+    return sorted(line.split()[0] for line in lines)
+
+
+def compare_ptx(before: Path, after: Path) -> dict[str, str]:
+    """Per compilation: "same" code, "reordered" (the same instructions in another order, as
+    when an address is computed at a call site instead of in the callee), or "different"."""
+    verdicts = {}
+    for path in sorted(after.glob("*.ptx")):
+        old = before / path.name
+        if not old.exists():
+            verdicts[path.stem] = "new"
+            continue
+        a, b = instructions(old.read_text()), instructions(path.read_text())
+        verdicts[path.stem] = ("same" if a == b else
+                               "reordered" if _opcodes(a) == _opcodes(b) else "different")
+    return verdicts
 
 
 def launches_of_an_8b_layer() -> list:
@@ -145,6 +179,18 @@ def launches_of_an_8b_layer() -> list:
 
 
 def main() -> int:
+    """--ptx DIR also writes each compilation's PTX there; --compare BEFORE AFTER then tells,
+    per compilation, whether a change to a kernel's source changed its code (a refactor that
+    should not: "same" or "reordered" everywhere)."""
+    if "--compare" in sys.argv:
+        at = sys.argv.index("--compare")
+        verdicts = compare_ptx(Path(sys.argv[at + 1]), Path(sys.argv[at + 2]))
+        for name, verdict in verdicts.items():
+            print(f"{verdict:10} {name}")
+        return 0 if set(verdicts.values()) <= {"same", "reordered"} else 1
+    ptx_dir = Path(sys.argv[sys.argv.index("--ptx") + 1]) if "--ptx" in sys.argv else None
+    if ptx_dir is not None:
+        ptx_dir.mkdir(parents=True, exist_ok=True)
     for kernel, args, kwargs in launches_of_an_8b_layer():
         if kernel.__name__ == "_gemv_kernel":       # on a GPU the autotuner picks one of these
             variants = [dict(kwargs, **config.kwargs, num_warps=config.num_warps,
@@ -153,7 +199,8 @@ def main() -> int:
             variants = [kwargs]
         for variant in variants:
             for pdl in ((False, True) if "PDL" in kernel.arg_names else (False,)):
-                print(json.dumps(compile_launch(kernel, args, variant, pdl)), flush=True)
+                print(json.dumps(compile_launch(kernel, args, variant, pdl, ptx_dir)),
+                      flush=True)
     return 0
 
 

@@ -19,11 +19,20 @@ KERNELS = {"_rms_norm_kernel", "_rope_cache_kernel", "_silu_mul_kernel", "_argma
            "_decode_merge_kernel", "_unpack_decode_kernel", "_allreduce_add_norm_kernel"}
 
 
-@pytest.fixture(scope="module")
-def compiled() -> list[dict]:
+def _hopper_compile(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(HERE / "hopper_compile.py")], env=env,
+    return subprocess.run([sys.executable, str(HERE / "hopper_compile.py"), *args], env=env,
                           capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def ptx_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ptx")
+
+
+@pytest.fixture(scope="module")
+def compiled(ptx_dir) -> list[dict]:
+    done = _hopper_compile("--ptx", str(ptx_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -47,3 +56,19 @@ def test_pdl_kernels_wait_and_release_only_when_asked(compiled):
     for c in compiled:
         assert c.get("griddep_wait") == c["pdl"], c
         assert c.get("griddep_launch") == c["pdl"], c
+
+
+def test_ptx_comparison_tells_reordered_from_changed_code(compiled, ptx_dir, tmp_path):
+    """The --compare mode that vets kernel refactors: unchanged code is "same", the same
+    instructions in another order "reordered", another instruction "different"."""
+    assert _hopper_compile("--compare", str(ptx_dir), str(ptx_dir)).returncode == 0
+    name = next(p.name for p in ptx_dir.glob("_rms_norm_kernel-*PDL=False*"))
+    lines = (ptx_dir / name).read_text().splitlines()
+    first, second = [i for i, line in enumerate(lines) if line.strip().startswith("cvt.f32")][:2]
+    lines[first], lines[second] = lines[second], lines[first]
+    (tmp_path / name).write_text("\n".join(lines))
+    done = _hopper_compile("--compare", str(ptx_dir), str(tmp_path))
+    assert done.returncode == 0 and done.stdout.split() == ["reordered", name[:-4]], done.stdout
+    (tmp_path / name).write_text("\n".join(lines).replace("fma.rn.f32", "fma.rz.f32", 1))
+    done = _hopper_compile("--compare", str(ptx_dir), str(tmp_path))
+    assert done.returncode == 1 and done.stdout.split()[0] == "different", done.stdout
