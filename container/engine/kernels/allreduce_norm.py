@@ -32,7 +32,6 @@ import triton.language as tl
 from .fused import store_residual_and_norm
 from .pdl import pdl_launch, pdl_prologue
 
-
 SENTINEL_BITS = tl.constexpr(-32768)      # 0x8000: -0.0 in bf16 and fp16, "not written yet"
 SLOTS = 3
 

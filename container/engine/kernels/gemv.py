@@ -52,7 +52,7 @@ FIXED = {"BLOCK_N": 8, "BLOCK_K": 512}          # Triton's interpreter (CPU test
 
 def _launch(kernel, tuned, args, n: int, device) -> None:
     if device.type == "cuda":
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)
         tuned[grid](*args, **pdl_launch(device, 1))
     else:
         kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **FIXED, PDL=False)

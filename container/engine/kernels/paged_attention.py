@@ -24,6 +24,30 @@ from .workspace import DecodeWorkspace
 
 
 @triton.jit
+def _attend_keys(q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
+                 block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh,
+                 dims, dim_ok, scale, PAGE: tl.constexpr):
+    """One block of keys of the paged cache, folded into the online softmax of the query rows
+    q: their running maxima m_i, sums l_i and weighted values acc. Keys not `visible` to a row
+    (masked, or after it) weigh nothing."""
+    page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
+    offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
+    k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
+                mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+    scores = tl.dot(q, tl.trans(k)) * scale
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp(scores - m_safe[:, None])
+    alpha = tl.exp(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
+                mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
     scale,
@@ -63,22 +87,11 @@ def _prefill_kernel(
     for start in range(0, last_key, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < seq_len
-        page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
-        offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
-        k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
         visible = (keys[None, :] <= absolute[:, None]) & key_ok[None, :]
-        scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(scores - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _attend_keys(
+            q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
+            block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh, dims,
+            dim_ok, scale, PAGE)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + (q_start + q_pos)[:, None] * stride_ot + q_heads[:, None] * stride_oh
              + dims[None, :], out.to(out_ptr.dtype.element_ty),
@@ -123,21 +136,10 @@ def _decode_split_kernel(
     for start in range(begin, end, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < end
-        page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
-        offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
-        k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(scores - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
-                    mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _attend_keys(
+            q, keys, key_ok, key_ok[None, :], m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
+            block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh, dims,
+            dim_ok, scale, PAGE)
     if SPLITS == 1:                                    # nothing to merge: write the answer
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(out_ptr + seq * stride_ot + q_heads[:, None] * stride_oh + dims[None, :],
@@ -220,7 +222,7 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
                   seq_lens: torch.Tensor, query_start_loc: torch.Tensor, max_query_len: int,
                   scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """q [T, Hq, D] -> [T, Hq, D]; KV of the new tokens must already be in the cache."""
-    tokens, q_heads, dim = q.shape
+    _, q_heads, dim = q.shape
     _, _, page, kv_heads, _ = kv_cache.shape
     group = q_heads // kv_heads
     out = torch.empty_like(q) if out is None else out
