@@ -102,14 +102,27 @@ def _chain(first, pieces):
     yield from pieces
 
 
+def _frame(line: dict, sse: bool) -> bytes:
+    """One streamed line: a server-sent event, or a JSON line."""
+    data = json.dumps(line, ensure_ascii=False)
+    return (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+
+
+def _openai_chunk(envelope: dict, choice: dict, usage: dict | None, sse: bool) -> bytes:
+    """A streamed OpenAI chunk: one choice, or (the last, with include_usage) only the usage."""
+    body = dict(envelope, choices=[] if usage else [choice])
+    if usage:
+        body["usage"] = usage
+    return _frame(body, sse)
+
+
 def _errors_as_last_line(body_iter, sse: bool):
     """Once streaming has begun the status is sent: an error becomes the stream's last line,
     {"code", "type", "message", "error"}, so clients see why it ended."""
     try:
         yield from body_iter
     except ServingError as error:
-        data = json.dumps(dict(error.body(), error=error.message))
-        yield (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+        yield _frame(dict(error.body(), error=error.message), sse)
 
 
 def _streaming_response(body_iter, mimetype: str) -> Response:
@@ -199,8 +212,7 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
                     final = _lmi_result(generation.result, prompts[0], params)
                     line["generated_text"] = final["generated_text"]
                     line["details"] = final.get("details")
-                data = json.dumps(line, ensure_ascii=False)
-                yield (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+                yield _frame(line, sse)
 
     return _streaming_response(lines(), "text/event-stream" if sse else "application/jsonlines")
 
@@ -255,14 +267,11 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     pieces, first = _first_piece(generation)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+
     def chunk(delta: dict, finish=None, logprobs=None, usage=None) -> bytes:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": logprobs,
-                                              "finish_reason": finish}]}
-        if usage:
-            body["usage"] = usage
-        data = json.dumps(body, ensure_ascii=False)
-        return (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+        return _openai_chunk(envelope, {"index": 0, "delta": delta, "logprobs": logprobs,
+                                        "finish_reason": finish}, usage, sse)
 
     def events():
         yield chunk({"role": "assistant", "content": ""})
@@ -332,14 +341,11 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
     pieces, first = _first_piece(generation)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    envelope = {"id": cid, "object": "text_completion", "created": created, "model": model}
+
     def chunk(text: str, finish=None, logprobs=None, usage=None) -> bytes:
-        body = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": [] if usage else [{"index": 0, "text": text, "logprobs": logprobs,
-                                              "finish_reason": finish}]}
-        if usage:
-            body["usage"] = usage
-        data = json.dumps(body, ensure_ascii=False)
-        return (f"data: {data}\n\n" if sse else data + "\n").encode("utf-8")
+        return _openai_chunk(envelope, {"index": 0, "text": text, "logprobs": logprobs,
+                                        "finish_reason": finish}, usage, sse)
 
     def events():
         if req.echo:

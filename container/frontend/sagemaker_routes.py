@@ -54,15 +54,13 @@ def _model_error(status: int, body: bytes) -> Response:
                       OriginalStatusCode=status, OriginalMessage=original, LogStreamArn="")
 
 
-def _check_name(name: str) -> Response | None:
-    if ENDPOINT_NAME.match(name):
-        return None
-    return _aws_error(400, "ValidationError",
-                      f"endpoint name {name!r}: letters, digits and inner hyphens, at most 63")
-
-
-def _call_container(invoke):
-    """invoke() as the container would answer /invocations: (response, None) or (None, error)."""
+def _call_container(invoke, name: str):
+    """invoke() as the container would answer /invocations, for endpoint `name`:
+    (response, None) or (None, the error SageMaker would send)."""
+    if not ENDPOINT_NAME.match(name):
+        return None, _aws_error(
+            400, "ValidationError",
+            f"endpoint name {name!r}: letters, digits and inner hyphens, at most 63")
     try:
         response = invoke()
     except ServingError as error:
@@ -83,10 +81,7 @@ def _copy_headers(source: Response, target: Response, skip: set[str]) -> None:
 
 def invoke_endpoint(invoke, name: str) -> Response:
     """InvokeEndpoint: the container's whole answer, its content type and custom attributes."""
-    bad_name = _check_name(name)
-    if bad_name is not None:
-        return bad_name
-    inner, error = _call_container(invoke)
+    inner, error = _call_container(invoke, name)
     if error is not None:
         return error
     try:
@@ -115,10 +110,7 @@ def _events(inner: Response):
 
 def invoke_endpoint_stream(invoke, name: str) -> Response:
     """InvokeEndpointWithResponseStream: each chunk of the answer as one PayloadPart event."""
-    bad_name = _check_name(name)
-    if bad_name is not None:
-        return bad_name
-    inner, error = _call_container(invoke)
+    inner, error = _call_container(invoke, name)
     if error is not None:
         return error
     outer = Response(_events(inner), status=200, direct_passthrough=True)
