@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deepspeed_w1_w2 as ds  # noqa: E402
+from common import word_tokenizer  # noqa: E402
 
 CKPT = Path("/tmp/opt-small")
 RESULT: dict = {"engine": "deepspeed", "architecture": "opt"}
@@ -43,7 +44,7 @@ def build() -> None:
     model = OPTForCausalLM(config).to(torch.float16)
     CKPT.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(CKPT)
-    ds.word_tokenizer(CKPT, config.vocab_size)
+    word_tokenizer(CKPT, config.vocab_size)
 
 
 def reference(prompts: list[list[int]], tokens: int) -> list[list[int]]:

@@ -31,19 +31,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = Path(os.environ.get("OUT", REPO / "bench" / "results"))
-CKPT = Path(os.environ.get("CKPT_DIR", "/tmp/llama8b"))
+from common import (CKPT, OUT, PORT, REPO, first_level, load_generator, log, start_serve,
+                    write_llama8b)
+
 SITE = Path("/tmp/site")
-PORT = 8080
 SUMMARY: dict = {"engine": "deepspeed"}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def ensure_packages() -> None:
@@ -66,86 +60,26 @@ def ensure_packages() -> None:
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def word_tokenizer(directory: Path, vocab: int) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": None}))
-
-
-def build_checkpoint() -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (CKPT / "model.safetensors.index.json").exists():
-        log(f"checkpoint already at {CKPT}")
-        return
-    config = LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                           "original_max_position_embeddings": 8192},
-        tie_word_embeddings=False, eos_token_id=None, bos_token_id=None)
-    started = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    CKPT.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(CKPT, max_shard_size="4GB")
-    word_tokenizer(CKPT, config.vocab_size)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
-    torch.cuda.empty_cache()
-    SUMMARY["checkpoint"] = {"weights_GB": weights / 1e9, "build_s": time.perf_counter() - started}
-    log(f"checkpoint: {SUMMARY['checkpoint']}")
-
-
-def start_server() -> subprocess.Popen:
+def start_server():
     import requests
 
-    env = dict(os.environ, OPTION_ENGINE="DeepSpeed", OPTION_TENSOR_PARALLEL_DEGREE="1",
-               OPTION_DTYPE="bf16", OPTION_MAX_TOKENS="1024",
-               OPTION_MAX_ROLLING_BATCH_SIZE="512", OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS="8192",
-               SERVING_FRONTEND_WORKERS="8", SERVING_JOB_QUEUE_SIZE="4000",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "container", "--model-dir", str(CKPT),
-                               "--port", str(PORT), "--host", "127.0.0.1"], cwd="/tmp", env=env)
-    while time.perf_counter() - started < 900:
-        if server.poll() is not None:
-            raise SystemExit(f"serve exited with {server.returncode} (its output is above)")
-        try:
-            response = requests.post(f"http://127.0.0.1:{PORT}/invocations", timeout=5, json={
-                "inputs": "w1 w2 w3", "parameters": {"max_new_tokens": 1}})
-            if response.status_code == 200:
-                SUMMARY["serve_start_to_first_token_s"] = time.perf_counter() - started
-                log(f"serve start to first token: {SUMMARY['serve_start_to_first_token_s']:.1f} s")
-                base = f"http://127.0.0.1:{PORT}/models"
-                name = requests.get(base, timeout=10).json()["models"][0]["modelName"]
-                SUMMARY["model"] = requests.get(f"{base}/{name}", timeout=10).json()
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    server.kill()
-    raise SystemExit("serve did not answer within 900 s")
+    server = start_serve(CKPT, dict(
+        OPTION_ENGINE="DeepSpeed", OPTION_TENSOR_PARALLEL_DEGREE="1", OPTION_DTYPE="bf16",
+        OPTION_MAX_TOKENS="1024", OPTION_MAX_ROLLING_BATCH_SIZE="512",
+        OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS="8192", SERVING_FRONTEND_WORKERS="8",
+        SERVING_JOB_QUEUE_SIZE="4000"))
+    SUMMARY["serve_start_to_first_token_s"] = server.first_token_s
+    models = f"http://127.0.0.1:{PORT}/models"
+    name = requests.get(models, timeout=10).json()["models"][0]["modelName"]
+    SUMMARY["model"] = requests.get(f"{models}/{name}", timeout=10).json()
+    return server
 
 
 def load(label: str, users: int, prompts: int, input_len: int, output_len: int,
          warmup: int) -> dict:
-    command = [sys.executable, "-m", "container.bench", "--url", f"http://127.0.0.1:{PORT}",
-               "--tokenizer", str(CKPT), "--results-dir", str(OUT), "--label", label,
-               "--engine", "deepspeed", "--concurrency", str(users), "--num-prompts",
-               str(prompts), "--input-len", str(input_len), "--output-len", str(output_len),
-               "--warmup", str(warmup)]
-    log(" ".join(command[2:]))
-    subprocess.call(command, cwd=REPO)
-    path = OUT / f"{label}.json"
-    levels = json.loads(path.read_text()).get("levels") if path.exists() else None
-    return levels[0] if levels else {}
+    return first_level(load_generator(label, "deepspeed", CKPT, [
+        "--concurrency", str(users), "--num-prompts", str(prompts), "--input-len",
+        str(input_len), "--output-len", str(output_len), "--warmup", str(warmup)]))
 
 
 def versions() -> dict:
@@ -192,17 +126,13 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     SUMMARY["env"] = versions()
     log(f"env: {SUMMARY['env']}")
-    build_checkpoint()
+    SUMMARY["checkpoint"] = write_llama8b(CKPT)
     server = start_server()
     try:
         SUMMARY["W1"] = load("deepspeed_W1_batch1_128in_256out", 1, 4, 128, 256, warmup=1)
         SUMMARY["W2"] = load("deepspeed_W2_500req_467in_256out", 500, 500, 467, 256, warmup=0)
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         finish()
     return 0 if all(SUMMARY.get(w, {}).get("failed") == 0 for w in ("W1", "W2")) else 1
 

@@ -17,20 +17,12 @@ Figures are saved as JSON under $OUT (or bench/results) and printed as a table a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = Path(os.environ.get("OUT", REPO / "bench" / "results"))
-CKPT = Path(os.environ.get("CKPT_DIR", "/tmp/llama8b"))
+from common import CKPT, OUT, REPO, first_level, load_generator, log, start_serve, write_llama8b
+
 SUMMARY: dict = {}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def phase_env() -> None:
@@ -80,97 +72,35 @@ def phase_tests() -> None:
         sys.exit(code)
 
 
-def word_tokenizer(directory: Path, vocab: int) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tokenizer = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": None}))
-
-
 def phase_ckpt() -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if (CKPT / "model.safetensors.index.json").exists():
-        log(f"checkpoint already at {CKPT}")
-        return
-    config = LlamaConfig(
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0,
-                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                           "original_max_position_embeddings": 8192},
-        tie_word_embeddings=False, eos_token_id=None, bos_token_id=None)
-    started = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    CKPT.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(CKPT, max_shard_size="4GB")
-    word_tokenizer(CKPT, config.vocab_size)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
-    torch.cuda.empty_cache()
-    SUMMARY["checkpoint"] = {"weights_GB": weights / 1e9, "build_s": time.perf_counter() - started}
-    log(f"checkpoint: {SUMMARY['checkpoint']}")
-
-
-def _bench(label: str, args: list[str]) -> dict:
-    command = [sys.executable, "-m", "container.bench", "--url", "http://127.0.0.1:8080",
-               "--tokenizer", str(CKPT), "--results-dir", str(OUT), "--label", label,
-               "--engine", "native", *args]
-    log(" ".join(command[2:]))
-    subprocess.call(command, cwd=REPO)
-    path = OUT / f"{label}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    built = write_llama8b(CKPT)
+    if built:
+        SUMMARY["checkpoint"] = built
 
 
 def phase_serve(workloads: tuple[str, ...] = ("W1", "W3", "W2")) -> None:
-    import requests
-
-    env = dict(os.environ, OPTION_MAX_ROLLING_BATCH_SIZE="512", OPTION_MAX_MODEL_LEN="2048",
-               OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS="8192", SERVING_FRONTEND_WORKERS="8",
-               SERVING_JOB_QUEUE_SIZE="4000", PYTHONPATH=os.environ.get("PYTHONPATH", ""))
-    started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "container", "--model-dir", str(CKPT),
-                               "--port", "8080", "--host", "127.0.0.1"], cwd="/tmp", env=env)
-    first_token = None
+    server = start_serve(CKPT, dict(
+        OPTION_MAX_ROLLING_BATCH_SIZE="512", OPTION_MAX_MODEL_LEN="2048",
+        OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS="8192", SERVING_FRONTEND_WORKERS="8",
+        SERVING_JOB_QUEUE_SIZE="4000"))
+    SUMMARY["serve_start_to_first_token_s"] = server.first_token_s
+    runs = {
+        "W1": ("W1_batch1_128in_256out", ["--concurrency", "1", "--num-prompts", "4",
+                                          "--input-len", "128", "--output-len", "256"]),
+        "W3": ("W3_100users_256in_128out", ["--concurrency", "100", "--num-prompts", "300",
+                                            "--input-len", "256", "--output-len", "128"]),
+        "W2": ("W2_500req_467in_256out", ["--concurrency", "500", "--num-prompts", "500",
+                                          "--input-len", "467", "--output-len", "256",
+                                          "--warmup", "0"]),
+    }
     try:
-        while time.perf_counter() - started < 600:
-            if server.poll() is not None:
-                raise SystemExit(f"serve exited with {server.returncode}")
-            try:
-                r = requests.post("http://127.0.0.1:8080/invocations", json={
-                    "inputs": "w1 w2 w3", "parameters": {"max_new_tokens": 1}}, timeout=5)
-                if r.status_code == 200:
-                    first_token = time.perf_counter() - started
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        SUMMARY["serve_start_to_first_token_s"] = first_token
-        log(f"serve start to first token: {first_token:.1f} s")
-        runs = {
-            "W1": ("W1_batch1_128in_256out", ["--concurrency", "1", "--num-prompts", "4",
-                                              "--input-len", "128", "--output-len", "256"]),
-            "W3": ("W3_100users_256in_128out", ["--concurrency", "100", "--num-prompts", "300",
-                                                "--input-len", "256", "--output-len", "128"]),
-            "W2": ("W2_500req_467in_256out", ["--concurrency", "500", "--num-prompts", "500",
-                                              "--input-len", "467", "--output-len", "256",
-                                              "--warmup", "0"]),
-        }
         for name in workloads:
-            report = _bench(*runs[name])
-            if report.get("levels"):
-                SUMMARY[name] = report["levels"][0]
+            label, args = runs[name]
+            level = first_level(load_generator(label, "native", CKPT, args))
+            if level:
+                SUMMARY[name] = level
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
 
 
 def phase_serve_w1_only() -> None:

@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "bench" / "device"))
-OUT = Path(os.environ.get("OUT", REPO / "bench" / "results"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (OUT, PORT, REPO, first_level, load_generator, log,  # noqa: E402
+                    start_serve, word_tokenizer)
+
 GPUS = int(os.environ.get("TP_GPUS", "0")) or None
 SUMMARY: dict = {}
 
@@ -31,10 +32,6 @@ SHAPES = {
     "70b": dict(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8),
     "mid": dict(hidden=2048, intermediate=5632, layers=8, heads=16, kv_heads=8),
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def gpu_count() -> int:
@@ -48,8 +45,6 @@ def write_checkpoint(directory: Path, shape: dict, vocab: int = 128256,
     """Random bf16 Llama weights in Hugging Face names, one safetensors file per few layers."""
     import torch
     from safetensors.torch import save_file
-
-    from native_gpu import word_tokenizer
 
     if (directory / "model.safetensors.index.json").exists():
         return 0.0
@@ -105,62 +100,31 @@ def write_checkpoint(directory: Path, shape: dict, vocab: int = 128256,
     return total / 1e9
 
 
-class Server:
-    def __init__(self, model_dir: Path, tp: int, port: int = 8080, **options):
-        env = dict(os.environ, OPTION_TENSOR_PARALLEL_DEGREE=str(tp), OPTION_MAX_MODEL_LEN="2048",
-                   SERVING_FRONTEND_WORKERS="8", SERVING_JOB_QUEUE_SIZE="4000",
-                   SERVING_COLLECTIVE_TIMEOUT="600")
-        env.update({f"OPTION_{k.upper()}": str(v) for k, v in options.items()})
-        self.port = port
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "container", "--model-dir", str(model_dir), "--port",
-             str(port), "--host", "127.0.0.1"], cwd="/tmp", env=env)
-        self.first_token_s = self.wait()
+def start(model_dir: Path, tp: int, **options):
+    """serve at tensor_parallel_degree=tp, once it has answered (first_token_s)."""
+    env = dict(OPTION_TENSOR_PARALLEL_DEGREE=str(tp), OPTION_MAX_MODEL_LEN="2048",
+               SERVING_FRONTEND_WORKERS="8", SERVING_JOB_QUEUE_SIZE="4000",
+               SERVING_COLLECTIVE_TIMEOUT="600")
+    env.update({f"OPTION_{k.upper()}": str(v) for k, v in options.items()})
+    return start_serve(model_dir, env)
 
-    def wait(self, timeout: float = 900) -> float:
-        import requests
 
-        while time.perf_counter() - self.started < timeout:
-            if self.process.poll() is not None:
-                raise SystemExit(f"serve exited with {self.process.returncode}")
-            try:
-                r = requests.post(f"http://127.0.0.1:{self.port}/invocations", json={
-                    "inputs": "w1 w2 w3", "parameters": {"max_new_tokens": 1}}, timeout=10)
-                if r.status_code == 200:
-                    return time.perf_counter() - self.started
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise SystemExit("serve did not answer in time")
+def first_logprobs(prompts: list[str]) -> list[tuple[int, float]]:
+    """The first generated token and its log-probability, per prompt."""
+    import requests
 
-    def first_logprobs(self, prompts: list[str]) -> list[tuple[int, float]]:
-        import requests
-
-        out = []
-        for prompt in prompts:
-            body = requests.post(f"http://127.0.0.1:{self.port}/invocations", json={
-                "inputs": prompt, "parameters": {"max_new_tokens": 1, "details": True}},
-                timeout=60).json()
-            token = body["details"]["tokens"][0]
-            out.append((token["id"], token["log_prob"]))
-        return out
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+    out = []
+    for prompt in prompts:
+        body = requests.post(f"http://127.0.0.1:{PORT}/invocations", json={
+            "inputs": prompt, "parameters": {"max_new_tokens": 1, "details": True}},
+            timeout=60).json()
+        token = body["details"]["tokens"][0]
+        out.append((token["id"], token["log_prob"]))
+    return out
 
 
 def bench(label: str, tokenizer: Path, args: list[str]) -> dict:
-    command = [sys.executable, "-m", "container.bench", "--url", "http://127.0.0.1:8080",
-               "--tokenizer", str(tokenizer), "--results-dir", str(OUT), "--label", label,
-               "--engine", "native", *args]
-    subprocess.call(command, cwd=REPO)
-    path = OUT / f"{label}.json"
-    return json.loads(path.read_text())["levels"][0] if path.exists() else {}
+    return first_level(load_generator(label, "native", tokenizer, args))
 
 
 def phase_allreduce() -> None:
@@ -178,9 +142,9 @@ def phase_check() -> None:
                for i in range(4)]
     results = {}
     for tp in (1, gpu_count()):
-        server = Server(directory, tp)
+        server = start(directory, tp)
         try:
-            results[tp] = server.first_logprobs(prompts)
+            results[tp] = first_logprobs(prompts)
         finally:
             server.stop()
     single, split = results[1], results[gpu_count()]
@@ -195,7 +159,7 @@ def phase_w1_8b() -> None:
     directory = Path("/tmp/llama8b")
     write_checkpoint(directory, SHAPES["8b"])
     for tp in (1, gpu_count()):
-        server = Server(directory, tp)
+        server = start(directory, tp)
         try:
             level = bench(f"W1_tp{tp}_8b", directory, ["--concurrency", "1", "--num-prompts", "4",
                                                        "--input-len", "128", "--output-len", "256"])
@@ -213,7 +177,7 @@ def phase_w1_8b() -> None:
 def phase_w2_70b() -> None:
     directory = Path("/tmp/llama70b")
     size = write_checkpoint(directory, SHAPES["70b"])
-    server = Server(directory, gpu_count(), max_rolling_batch_size=512,
+    server = start(directory, gpu_count(), max_rolling_batch_size=512,
                     max_rolling_batch_prefill_tokens=8192)
     try:
         level = bench(f"W2_tp{gpu_count()}_70b", directory, [

@@ -18,33 +18,49 @@ def free_port() -> int:
 
 
 class BenchServer:
-    def __init__(self, model_dir: str, env: dict | None = None):
-        self.port = free_port()
+    """`serve` on a free port (or `port`), its output discarded unless `quiet` is false (the
+    device scripts keep it: it is what explains a failed start)."""
+
+    def __init__(self, model_dir: str, env: dict | None = None, quiet: bool = True,
+                 port: int | None = None, cwd: str | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
+        output = subprocess.DEVNULL if quiet else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "container", "--model-dir", str(model_dir), "--host",
              "127.0.0.1", "--port", str(self.port)],
-            env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            env=dict(os.environ, **(env or {})), stdout=output, stderr=output, cwd=cwd)
 
     def wait(self, timeout: float = 600) -> float:
         """Seconds from start until /ping says Healthy."""
+        return self._poll(lambda: requests.get(self.url + "/ping", timeout=2), timeout,
+                          "become healthy")
+
+    def wait_first_token(self, prompt: str, timeout: float = 900) -> float:
+        """Seconds from start until a one-token generation of `prompt` is answered: the
+        load-time figure (start-up, weights, warm-up and the first request together)."""
+        return self._poll(lambda: requests.post(self.url + "/invocations", json={
+            "inputs": prompt, "parameters": {"max_new_tokens": 1}}, timeout=10), timeout,
+            "answer a request")
+
+    def _poll(self, ask, timeout: float, what: str) -> float:
         while time.perf_counter() - self.started < timeout:
             if self.process.poll() is not None:
                 raise SystemExit(f"serve exited with {self.process.returncode}")
             try:
-                if requests.get(self.url + "/ping", timeout=2).status_code == 200:
+                if ask().status_code == 200:
                     return time.perf_counter() - self.started
             except requests.RequestException:
                 pass
             time.sleep(0.25)
-        raise SystemExit("serve did not become healthy")
+        self.stop()
+        raise SystemExit(f"serve did not {what} within {timeout:.0f} s")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 120) -> None:
         self.process.terminate()
         try:
-            self.process.wait(60)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
 
