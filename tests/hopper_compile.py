@@ -128,8 +128,9 @@ def compare_ptx(before: Path, after: Path) -> dict[str, str]:
     return verdicts
 
 
-def launches_of_an_8b_layer() -> list:
-    """Every kernel launch of the GPU path, from its wrapper, at 8B-Llama shapes."""
+def gpu_path_launches() -> list:
+    """Every kernel launch of the GPU path, from its wrapper, at 8B-Llama shapes; the norms
+    and the fused all-reduce also at 70B's width."""
     launches: list = []
     for module, name in ((fused, "_rms_norm_kernel"), (fused, "_rope_cache_kernel"),
                          (fused, "_silu_mul_kernel"), (fused, "_argmax_part_kernel"),
@@ -169,12 +170,15 @@ def launches_of_an_8b_layer() -> list:
                                    torch.zeros(4, dtype=torch.int64),
                                    *(torch.zeros(4, dtype=torch.int64) for _ in range(3)),
                                    seq_lens, tables, 0)
-    fused_allreduce = object.__new__(allreduce_norm.AllReduceNorm)   # buffers: only addresses
-    fused_allreduce.rank, fused_allreduce.world, fused_allreduce.max_rows = 0, 2, 64
-    fused_allreduce.buffer_ptrs = torch.zeros(2, dtype=torch.int64)
-    fused_allreduce.epochs = torch.zeros(64, dtype=torch.int64)
-    fused_allreduce(x, None, weight, 1e-5)
-    fused_allreduce(x, x, weight, 1e-5)
+    for world, width in ((2, hidden), (4, 8192)):    # 8B at TP=2; 70B (hidden 8192) at TP=4
+        fused_allreduce = object.__new__(allreduce_norm.AllReduceNorm)   # only addresses
+        fused_allreduce.rank, fused_allreduce.world, fused_allreduce.max_rows = 1, world, 64
+        fused_allreduce.buffer_ptrs = torch.zeros(world, dtype=torch.int64)
+        fused_allreduce.epochs = torch.zeros(64, dtype=torch.int64)
+        rows = torch.empty(4, width, dtype=bf16)
+        fused_allreduce(rows, None, weight.new_empty(width), 1e-5)
+        fused_allreduce(rows, rows, weight.new_empty(width), 1e-5)
+    fused.rms_norm(torch.empty(4, 8192, dtype=bf16), weight.new_empty(8192), 1e-5)
     return launches
 
 
@@ -191,7 +195,7 @@ def main() -> int:
     ptx_dir = Path(sys.argv[sys.argv.index("--ptx") + 1]) if "--ptx" in sys.argv else None
     if ptx_dir is not None:
         ptx_dir.mkdir(parents=True, exist_ok=True)
-    for kernel, args, kwargs in launches_of_an_8b_layer():
+    for kernel, args, kwargs in gpu_path_launches():
         if kernel.__name__ == "_gemv_kernel":       # on a GPU the autotuner picks one of these
             variants = [dict(kwargs, **config.kwargs, num_warps=config.num_warps,
                              num_stages=config.num_stages) for config in gemv.CONFIGS]
