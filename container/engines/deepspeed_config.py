@@ -60,14 +60,13 @@ def injection_blocker(transformers_version: int) -> str | None:
 
 
 def choose_kernel_injection(device_type: str, model_type: str,
-                            transformers_version: int | None = None) -> tuple[bool, str]:
+                            transformers_version: int) -> tuple[bool, str]:
     if device_type != "cuda":
         return False, "AutoTP: DeepSpeed's injection kernels are CUDA kernels and this is a CPU"
     if model_type not in KERNEL_INJECTION_MODEL_TYPES:
         return False, (f"AutoTP: DeepSpeed kernel injection (as DJL used it) covers "
                        f"{', '.join(KERNEL_INJECTION_MODEL_TYPES)}, not {model_type}")
-    blocker = injection_blocker(transformers_major() if transformers_version is None
-                                else transformers_version)
+    blocker = injection_blocker(transformers_version)
     if blocker:
         return False, f"AutoTP: {blocker}"
     return True, f"kernel injection: DeepSpeed has fused CUDA kernels for {model_type}"

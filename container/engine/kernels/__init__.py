@@ -25,4 +25,3 @@ def gpu_kernels(tensor):
         except ImportError:
             _FUSED = None
     return _FUSED
-
