@@ -65,13 +65,13 @@ def write_llama8b(directory: Path = CKPT) -> dict | None:
     return built
 
 
-def start_serve(model_dir: Path, env: dict):
-    """`serve` on PORT with its output shown, once it has answered a first request; the
-    returned server's first_token_s is that load time."""
+def start_serve(model_dir: Path, env: dict, output=None):
+    """`serve` on PORT, once it has answered a first request; the returned server's
+    first_token_s is that load time. Its output is shown, or written to `output` (a file)."""
     from container.bench.serve_process import BenchServer
 
     server = BenchServer(str(model_dir), env=dict(env, PYTHONPATH=os.pathsep.join(
-        [str(REPO), os.environ.get("PYTHONPATH", "")])), quiet=False, port=PORT, cwd="/tmp")
+        [str(REPO), os.environ.get("PYTHONPATH", "")])), output=output, port=PORT, cwd="/tmp")
     server.first_token_s = server.wait_first_token(WORD_PROMPT)
     log(f"serve start to first token: {server.first_token_s:.1f} s")
     return server

@@ -18,15 +18,12 @@ on the H200 for the 8B Llama: deepspeed_w1_w2.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deepspeed_w1_w2 as ds  # noqa: E402
-from common import word_tokenizer  # noqa: E402
+from common import PORT, start_serve, word_tokenizer  # noqa: E402
 
 CKPT = Path("/tmp/opt-small")
 RESULT: dict = {"engine": "deepspeed", "architecture": "opt"}
@@ -71,45 +68,30 @@ def main() -> None:
     prompts = [[(7 * i + 13 * j) % 4000 + 2 for j in range(20 + 9 * i)] for i in range(4)]
     tokens = 16
     expected = reference(prompts, tokens)
-    env = dict(os.environ, OPTION_ENGINE="DeepSpeed", OPTION_TENSOR_PARALLEL_DEGREE="1",
-               OPTION_DTYPE="fp16", OPTION_MAX_TOKENS="1024",
-               PYTHONPATH=os.pathsep.join([str(ds.REPO), os.environ.get("PYTHONPATH", "")]))
-    started = time.perf_counter()
+    env = dict(OPTION_ENGINE="DeepSpeed", OPTION_TENSOR_PARALLEL_DEGREE="1", OPTION_DTYPE="fp16",
+               OPTION_MAX_TOKENS="1024")
     log_path = Path("/tmp/serve_ds.log")
-    with log_path.open("w") as log_file:
-        server = subprocess.Popen([sys.executable, "-m", "container", "--model-dir", str(CKPT),
-                                   "--port", "8080", "--host", "127.0.0.1"], cwd="/tmp", env=env,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
+    server = None
     try:
-        while time.perf_counter() - started < 300:
-            if server.poll() is not None:
-                break
-            try:
-                if requests.get("http://127.0.0.1:8080/ping", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(2)
-        RESULT["start_s"] = time.perf_counter() - started
+        with log_path.open("w") as log_file:
+            server = start_serve(CKPT, env, output=log_file)
+        RESULT["start_s"] = server.first_token_s
         got = []
         for ids in prompts:
             text = " ".join(f"w{i}" for i in ids)
-            body = requests.post("http://127.0.0.1:8080/invocations", timeout=60, json={
+            body = requests.post(f"http://127.0.0.1:{PORT}/invocations", timeout=60, json={
                 "inputs": text, "parameters": {"max_new_tokens": tokens, "do_sample": False,
                                                "details": True}}).json()
             got.append([t["id"] for t in body["details"]["tokens"]])
         RESULT["equal_sequences"] = f"{sum(a == b for a, b in zip(got, expected))}/{len(prompts)}"
-        RESULT["equal_tokens"] = f"{sum(x == y for a, b in zip(got, expected) for x, y in zip(a, b))}" \
-            f"/{len(prompts) * tokens}"
+        equal = sum(x == y for a, b in zip(got, expected) for x, y in zip(a, b))
+        RESULT["equal_tokens"] = f"{equal}/{len(prompts) * tokens}"
         RESULT["ours"], RESULT["transformers"] = got, expected
-    except Exception as exc:  # noqa: BLE001 - report what happened
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - report what happened
         RESULT["error"] = f"{type(exc).__name__}: {exc}"[:500]
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if server is not None:
+            server.stop(30)
         lines = log_path.read_text(errors="replace").splitlines()
         RESULT["log_injection"] = [line[-300:] for line in lines
                                    if "injection" in line.lower() or "AutoTP" in line][:6]

@@ -18,19 +18,21 @@ def free_port() -> int:
 
 
 class BenchServer:
-    """`serve` on a free port (or `port`), its output discarded unless `quiet` is false (the
-    device scripts keep it: it is what explains a failed start)."""
+    """`serve` on a free port (or `port`). Its output is discarded unless `output` says
+    otherwise (None: this process's; or an open file): the device scripts keep it, as it is
+    what explains a failed start."""
 
-    def __init__(self, model_dir: str, env: dict | None = None, quiet: bool = True,
+    def __init__(self, model_dir: str, env: dict | None = None, output=subprocess.DEVNULL,
                  port: int | None = None, cwd: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.started = time.perf_counter()
-        output = subprocess.DEVNULL if quiet else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "container", "--model-dir", str(model_dir), "--host",
              "127.0.0.1", "--port", str(self.port)],
-            env=dict(os.environ, **(env or {})), stdout=output, stderr=output, cwd=cwd)
+            env=dict(os.environ, **(env or {})), stdout=output,
+            stderr=subprocess.STDOUT if output not in (None, subprocess.DEVNULL) else output,
+            cwd=cwd)
 
     def wait(self, timeout: float = 600) -> float:
         """Seconds from start until /ping says Healthy."""
