@@ -53,7 +53,6 @@ def stream_lines(server, body, path="/invocations"):
         return [line for line in response.iter_lines(decode_unicode=False) if line]
 
 
-
 def make_prompt(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
