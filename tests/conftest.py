@@ -182,8 +182,7 @@ def handler_dir(tmp_path: Path, name: str, properties: str = "", extra: dict | N
 def engine_stats(server) -> dict:
     """The engine's live figures from /models/{name}. Right after a start, or on a loaded
     machine, the front-end process that answers may not hear from the worker in time and
-    leaves them out, or the worker answers before its engine loop first published its
-    figures (only requests_in_flight then): ask again (up to 30 s)."""
+    leaves them out: ask again (up to 30 s)."""
     deadline = time.monotonic() + 30
     while True:
         stats = requests.get(server.url(f"/models/{server.model_name()}"), timeout=10).json()[0][

@@ -44,11 +44,14 @@ class ServingLoop:
 
         self.queue_time = metrics().queue_seconds.labels("llm")
 
-    def run_forever(self) -> None:
+    def run_forever(self, ready) -> None:
+        """Serve until the process ends; `ready()` announces the worker once its first
+        figures are published (a /models or /metrics answer then always has them)."""
         engine = self.engine
         last_beat = time.monotonic()
         busy = False
         self.publish_stats()
+        ready()
         while True:
             idle = not engine.has_work()
             if idle and busy:

@@ -198,8 +198,8 @@ class DeepSpeedService:
         }
 
     # rank 0 ------------------------------------------------------------------------------------
-    def serve(self, ipc: IpcServer) -> None:
-        ServingLoop(self.engine, ipc).run_forever()
+    def serve(self, ipc: IpcServer, ready) -> None:
+        ServingLoop(self.engine, ipc).run_forever(ready)
 
     # other ranks -------------------------------------------------------------------------------
     def follow(self) -> None:

@@ -121,8 +121,8 @@ class TrtLlmService:
             "engine_dir": str(self.engine_dir),
         }
 
-    def serve(self, ipc: IpcServer) -> None:
-        ServingLoop(self.engine, ipc).run_forever()
+    def serve(self, ipc: IpcServer, ready) -> None:
+        ServingLoop(self.engine, ipc).run_forever(ready)
 
     def follow(self) -> None:
         self.runtime.serve_worker_rank()

@@ -124,13 +124,14 @@ class HandlerService:
                 "batch_size": self.batch_size}
 
     # rank 0 loop -------------------------------------------------------------------------------
-    def serve(self, ipc: IpcServer) -> None:
+    def serve(self, ipc: IpcServer, ready) -> None:
         self.ipc = ipc
         if self.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="handler-loop",
                              daemon=True).start()
         threading.Thread(target=self._watchdog, name="predict-timeout", daemon=True).start()
+        ready()
         while True:
             items = self._collect_batch()
             batch = Batch(items)

@@ -108,9 +108,12 @@ def main() -> int:
     ipc.start()
     info = dict(service.model_info(), pid=os.getpid(), ranks=dist.world_size,
                 rank_pids=_rank_pids(run_dir, generation, dist.world_size))
-    run_dir.write_atomic(run_dir.ready_path(generation), json.dumps(info))
-    log.info("worker ready (generation %d)", generation)
-    service.serve(ipc)
+
+    def announce_ready() -> None:
+        run_dir.write_atomic(run_dir.ready_path(generation), json.dumps(info))
+        log.info("worker ready (generation %d)", generation)
+
+    service.serve(ipc, announce_ready)
     return 0
 
 
