@@ -8,8 +8,8 @@ ckpt     a random bf16 checkpoint in Llama-3.1-8B's shape (DESIGN.md §6), saved
          safetensors, with a word-level tokenizer ("w<id>" per token: exact prompt lengths)
 serve    `serve` + the HTTP load generator: W1 (batch 1, 128/256), W3 (100 users, 256/128),
          W2 (500 requests at once, 467/256); and load time to first token
-offline  W4: the engine in-process, 256 x 128/128, next to transformers generate_batch;
-         generate at batch 1 (128/256) and 64 (128/128); transformers load + first generate
+offline  W4: the engine in-process, 256 x 128/128, next to transformers generate_batch (each
+         3 times, median); generate at batch 1 (128/256) and 64 (128/128)
 
 Figures are saved as JSON under $OUT (or bench/results) and printed as a table at the end.
 """
@@ -107,14 +107,16 @@ def phase_serve_w1_only() -> None:
     phase_serve(("W1",))
 
 
-def run_w4() -> list | None:
-    """W4 offline (256 x 128/128): our engine, then transformers generate_batch, one process;
-    the results list of its JSON report, or None if it failed."""
+def run_w4(repeats: int = 3) -> list | None:
+    """W4 offline (256 x 128/128), each engine `repeats` times on fresh prompts (the median
+    run reported; the first run of a process can be slower): our engine, then transformers
+    generate_batch, one process; the results list of its JSON report, or None if it failed."""
     command = [sys.executable, "-m", "container.bench.offline", "--model-dir", str(CKPT),
                "--num-prompts", "256", "--input-len", "128", "--output-len", "128",
                "--option", "max_rolling_batch_size=256", "--option", "max_model_len=2048",
                "--option", "max_rolling_batch_prefill_tokens=16384",
-               "--peers", "generate_batch", "--label", "W4_offline_256x128_128",
+               "--peers", "generate_batch", "--repeats", str(repeats),
+               "--label", "W4_offline_256x128_128",
                "--results-dir", str(OUT)]
     subprocess.call(command, cwd=REPO)
     path = OUT / "W4_offline_256x128_128.json"

@@ -19,7 +19,9 @@ from .results import device_name, save, table
 
 
 def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
-               options: dict[str, str]) -> dict:
+               options: dict[str, str], more_runs: list[list[list[int]]] = ()) -> dict:
+    """Our engine on the prompts, then on each prompt set of more_runs (fresh prompts: a set
+    run twice would be served from the prefix cache); the figures are the median run's."""
     from ..config.loader import load_config
     from ..engine.service import NativeService
     from ..workers.dist_env import DistEnv
@@ -37,27 +39,39 @@ def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
     while engine.has_work():
         engine.step()
     _sync()
-    engine.seconds.clear()
-    started = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(str(i), prompt, sampling)
-    produced = 0
-    steps = 0
-    while engine.has_work():
-        produced += sum(len(o.new_token_ids) for o in engine.step())
-        steps += 1
-    _sync()
-    elapsed = time.perf_counter() - started
-    result = {"name": "native engine", "output_tokens": produced, "seconds": elapsed,
-              "output_tokens_per_s": produced / elapsed, "steps": steps, "load_s": load_s,
-              "phase_seconds": {k: round(v, 3) for k, v in engine.seconds.items()}}
+    runs = []
+    for run, prompt_set in enumerate([prompts, *more_runs]):
+        engine.seconds.clear()
+        started = time.perf_counter()
+        for i, prompt in enumerate(prompt_set):
+            engine.add_request(f"{run}-{i}", prompt, sampling)
+        produced = 0
+        steps = 0
+        while engine.has_work():
+            produced += sum(len(o.new_token_ids) for o in engine.step())
+            steps += 1
+        _sync()
+        elapsed = time.perf_counter() - started
+        runs.append({"output_tokens": produced, "seconds": elapsed,
+                     "output_tokens_per_s": produced / elapsed, "steps": steps,
+                     "phase_seconds": {k: round(v, 3) for k, v in engine.seconds.items()}})
+    result = {"name": "native engine", **_median_run(runs), "load_s": load_s}
     del service, engine
     _release()
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The median run's figures, with every run's tok/s when there was more than one."""
+    ranked = sorted(runs, key=lambda r: r["output_tokens_per_s"])
+    median = dict(ranked[(len(ranked) - 1) // 2])
+    if len(runs) > 1:
+        median["runs_tok_s"] = [round(r["output_tokens_per_s"], 1) for r in runs]
+    return median
+
+
 def transformers_peer(model_dir: str, prompts: list[list[int]], output_len: int, kind: str,
-                      batch: int) -> dict:
+                      batch: int, more_runs: list[list[list[int]]] = ()) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -70,39 +84,53 @@ def transformers_peer(model_dir: str, prompts: list[list[int]], output_len: int,
     load_s = time.perf_counter() - started
     config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
                               do_sample=False, eos_token_id=None, pad_token_id=0)
+    runs = []
     with torch.no_grad():
         if kind == "generate_batch":
             model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(
                 max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0))
-            _sync()
-            started = time.perf_counter()
-            outputs = model.generate_batch(inputs=prompts, generation_config=config)
-            _sync()
-            elapsed = time.perf_counter() - started
-            produced = sum(len(o.generated_tokens) for o in outputs.values())
-        else:
-            produced, elapsed = 0, 0.0
-            device = "cuda" if cuda else "cpu"
-            for start in range(0, len(prompts), batch):
-                chunk = prompts[start:start + batch]
-                width = max(len(p) for p in chunk)
-                ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
-                                    device=device)
-                if start == 0:
-                    model.generate(input_ids=ids[:, :8], attention_mask=mask[:, :8],
-                                   max_new_tokens=2, do_sample=False, pad_token_id=0)
+        for prompt_set in [prompts, *more_runs]:
+            if kind == "generate_batch":
                 _sync()
-                began = time.perf_counter()
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                started = time.perf_counter()
+                outputs = model.generate_batch(inputs=prompt_set, generation_config=config)
                 _sync()
-                elapsed += time.perf_counter() - began
-                produced += (out.shape[1] - width) * len(chunk)
+                elapsed = time.perf_counter() - started
+                produced = sum(len(o.generated_tokens) for o in outputs.values())
+            else:
+                produced, elapsed = _static_batches(model, prompt_set, batch, config,
+                                                    warm=not runs)
+            runs.append({"output_tokens": produced, "seconds": elapsed,
+                         "output_tokens_per_s": produced / elapsed})
     del model
     _release()
     return {"name": f"transformers {kind}" + (f" (batch {batch})" if kind == "generate" else ""),
-            "output_tokens": produced, "seconds": elapsed,
-            "output_tokens_per_s": produced / elapsed, "load_s": load_s}
+            **_median_run(runs), "load_s": load_s}
+
+
+def _static_batches(model, prompts, batch, config, warm: bool) -> tuple[int, float]:
+    """transformers generate over the prompts in static batches (left-padded); tokens made
+    and seconds spent in generate."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    produced, elapsed = 0, 0.0
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                            device=device)
+        if warm and start == 0:
+            model.generate(input_ids=ids[:, :8], attention_mask=mask[:, :8],
+                           max_new_tokens=2, do_sample=False, pad_token_id=0)
+        _sync()
+        began = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        _sync()
+        elapsed += time.perf_counter() - began
+        produced += (out.shape[1] - width) * len(chunk)
+    return produced, elapsed
 
 
 def _sync():
@@ -140,19 +168,22 @@ def main(argv=None) -> int:
     p.add_argument("--option", action="append", default=[], help="engine option key=value")
     p.add_argument("--peers", default="", help="comma list: generate, generate_batch")
     p.add_argument("--peer-batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of each engine, each on fresh prompts; the median run is reported")
     p.add_argument("--label", default="offline")
     p.add_argument("--results-dir", default=os.environ.get("BENCH_RESULTS_DIR", "bench/results"))
     args = p.parse_args(argv)
     from ..engine.model_config import ModelConfig
 
     vocab = ModelConfig.from_dir(args.model_dir).vocab_size
-    prompts = random_token_prompts(vocab, args.num_prompts, args.input_len)
+    prompts, *more_runs = [random_token_prompts(vocab, args.num_prompts, args.input_len, seed)
+                           for seed in range(max(1, args.repeats))]
     options = dict(item.split("=", 1) for item in args.option)
-    rows = [our_engine(args.model_dir, prompts, args.output_len, options)]
+    rows = [our_engine(args.model_dir, prompts, args.output_len, options, more_runs)]
     for peer in filter(None, args.peers.split(",")):
         try:
             rows.append(transformers_peer(args.model_dir, prompts, args.output_len, peer,
-                                          args.peer_batch))
+                                          args.peer_batch, more_runs))
         except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
             rows.append({"name": f"transformers {peer}", "error": f"{type(exc).__name__}: {exc}"})
     ours = rows[0]["output_tokens_per_s"]
@@ -161,7 +192,8 @@ def main(argv=None) -> int:
             row["ours_vs_this"] = ours / row["output_tokens_per_s"]
     report = {"label": args.label, "device": device_name(), "mode": "offline",
               "workload": {"num_prompts": args.num_prompts, "input_len": args.input_len,
-                           "output_len": args.output_len}, "options": options, "results": rows}
+                           "output_len": args.output_len},
+              "repeats": args.repeats, "options": options, "results": rows}
     path = save(report, args.results_dir, args.label)
     print(f"# {args.label} on {report['device']}: {args.num_prompts} requests, "
           f"{args.input_len} in / {args.output_len} out")
