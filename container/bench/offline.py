@@ -9,6 +9,7 @@ prompts, and saves JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import random
@@ -51,14 +52,18 @@ def our_engine(model_dir: str, prompts: list[list[int]], output_len: int,
             produced += sum(len(o.new_token_ids) for o in engine.step())
             steps += 1
         _sync()
-        elapsed = time.perf_counter() - started
-        runs.append({"output_tokens": produced, "seconds": elapsed,
-                     "output_tokens_per_s": produced / elapsed, "steps": steps,
-                     "phase_seconds": {k: round(v, 3) for k, v in engine.seconds.items()}})
+        runs.append(_run_figures(produced, time.perf_counter() - started, steps=steps,
+                                 phase_seconds={k: round(v, 3)
+                                                for k, v in engine.seconds.items()}))
     result = {"name": "native engine", **_median_run(runs), "load_s": load_s}
     del service, engine
     _release()
     return result
+
+
+def _run_figures(produced: int, elapsed: float, **more) -> dict:
+    return {"output_tokens": produced, "seconds": elapsed,
+            "output_tokens_per_s": produced / elapsed, **more}
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -84,33 +89,37 @@ def transformers_peer(model_dir: str, prompts: list[list[int]], output_len: int,
     load_s = time.perf_counter() - started
     config = GenerationConfig(max_new_tokens=output_len, min_new_tokens=output_len,
                               do_sample=False, eos_token_id=None, pad_token_id=0)
+    generate = _continuous_batches if kind == "generate_batch" else \
+        functools.partial(_static_batches, batch=batch)
     runs = []
     with torch.no_grad():
-        if kind == "generate_batch":
-            model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(
-                max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0))
         for prompt_set in [prompts, *more_runs]:
-            if kind == "generate_batch":
-                _sync()
-                started = time.perf_counter()
-                outputs = model.generate_batch(inputs=prompt_set, generation_config=config)
-                _sync()
-                elapsed = time.perf_counter() - started
-                produced = sum(len(o.generated_tokens) for o in outputs.values())
-            else:
-                produced, elapsed = _static_batches(model, prompt_set, batch, config,
-                                                    warm=not runs)
-            runs.append({"output_tokens": produced, "seconds": elapsed,
-                         "output_tokens_per_s": produced / elapsed})
+            runs.append(_run_figures(*generate(model, prompt_set, config, warm=not runs)))
     del model
     _release()
     return {"name": f"transformers {kind}" + (f" (batch {batch})" if kind == "generate" else ""),
             **_median_run(runs), "load_s": load_s}
 
 
-def _static_batches(model, prompts, batch, config, warm: bool) -> tuple[int, float]:
+def _continuous_batches(model, prompts, config, warm: bool) -> tuple[int, float]:
+    """transformers generate_batch (continuous batching) over all the prompts; tokens made and
+    seconds spent in it. warm: a short call first (not timed)."""
+    from transformers import GenerationConfig
+
+    if warm:
+        model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(
+            max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0))
+    _sync()
+    started = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=config)
+    _sync()
+    return (sum(len(o.generated_tokens) for o in outputs.values()),
+            time.perf_counter() - started)
+
+
+def _static_batches(model, prompts, config, warm: bool, batch: int) -> tuple[int, float]:
     """transformers generate over the prompts in static batches (left-padded); tokens made
-    and seconds spent in generate."""
+    and seconds spent in generate. warm: a short call first (not timed)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
