@@ -62,3 +62,11 @@ class EngineOptions:
     @classmethod
     def from_options(cls, options: dict[str, str]):
         return from_options(cls, options)
+
+    def check_quantize(self, allowed: tuple[str, ...], engine: str) -> None:
+        """option.quantize in lower case (None when blank), refused unless it is one of
+        `allowed`: the methods the engine named by `engine` implements."""
+        self.quantize = (self.quantize or "").strip().lower() or None
+        if self.quantize and self.quantize not in allowed:
+            raise OptionError("quantize", self.quantize,
+                              f"allowed with {engine}: " + ", ".join(allowed))

@@ -68,11 +68,7 @@ class DeepSpeedOptions(EngineOptions):
         values.non_empty_text, scope="deepspeed")
 
     def check(self) -> None:
-        if self.quantize:
-            self.quantize = self.quantize.strip().lower()
-        if self.quantize and self.quantize not in DEEPSPEED_QUANTIZE:
-            raise OptionError("quantize", self.quantize,
-                              "allowed with engine=DeepSpeed: " + ", ".join(DEEPSPEED_QUANTIZE))
+        self.check_quantize(DEEPSPEED_QUANTIZE, "engine=DeepSpeed")
         if self.quantize == "smoothquant":
             raise OptionError(
                 "quantize", self.quantize,

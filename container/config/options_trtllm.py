@@ -107,11 +107,7 @@ class TrtLlmOptions(EngineOptions):
                 "TensorRT-LLM always batches requests in flight and has no other mode: set "
                 "option.rolling_batch=trtllm, or drop engine=MPI's TensorRT-LLM keys and use the "
                 "native engine (option.rolling_batch=auto) or a model.py handler")
-        if self.quantize is not None:
-            self.quantize = self.quantize.strip().lower() or None
-        if self.quantize and self.quantize not in TRTLLM_QUANTIZE:
-            raise OptionError("quantize", self.quantize,
-                              "allowed with TensorRT-LLM: " + ", ".join(TRTLLM_QUANTIZE))
+        self.check_quantize(TRTLLM_QUANTIZE, "TensorRT-LLM")
         if self.quantize and self.dtype == "fp32":
             raise OptionError("quantize", self.quantize,
                               "quantized TensorRT-LLM engines compute in fp16 or bf16: set "

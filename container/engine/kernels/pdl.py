@@ -18,7 +18,9 @@ def pdl_launch(device, rows: int) -> dict:
     kernel's output; a GEMV streams its first weight tile meanwhile. On 8B-shaped batch-1
     decode graphs this took an H200 step from 4.16 to 3.90 ms (2 x H200, TP=2: 2.73 to 2.47),
     but made batch 16 slower by 1-3% (cuBLAS products there break the chain), so it is used
-    for steps of up to PDL_MAX_ROWS rows. SERVE_PDL=0 turns it off."""
+    for steps of up to PDL_MAX_ROWS rows. SERVE_PDL=0 turns it off; it is read on each call
+    (a dictionary lookup, and graphs replay without calling this) so a profiling script can
+    switch it between two captures."""
     if device.type != "cuda" or rows > PDL_MAX_ROWS or os.environ.get("SERVE_PDL") == "0":
         return {"PDL": False}
     index = device.index if device.index is not None else 0
