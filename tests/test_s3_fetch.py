@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from s3_helpers import bucket, client, moto, s3_env, s3_proxy, upload_dir  # noq
 
 from container.errors import StartupError
 from container.storage import s3_transfer
+from container.storage.host_lock import read_json
 from container.storage.s3 import MANIFEST, PARTIAL, fetch_s3
 
 
@@ -202,14 +202,6 @@ def test_concurrent_processes_download_each_object_once(env, moto, bucket, check
     assert_same_files(Path(dirs.pop()[4:]), checkpoint)
 
 
-def recorded(local: Path) -> dict:
-    """The files the fetcher has recorded as complete (an unreadable manifest is mid-write)."""
-    try:
-        return json.loads((local / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def test_killed_download_leaves_no_complete_looking_file_and_resumes(env, moto, bucket,
                                                                     checkpoint, s3_proxy):
     upload_dir(client(moto.endpoint), checkpoint, bucket, "k/")
@@ -220,9 +212,9 @@ def test_killed_download_leaves_no_complete_looking_file_and_resumes(env, moto, 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     # a file counts as complete once the manifest records it (it is renamed into place first)
-    while time.monotonic() < deadline and "config.json" not in recorded(local):
+    while time.monotonic() < deadline and "config.json" not in read_json(local / MANIFEST, {}):
         time.sleep(0.05)
-    assert "config.json" in recorded(local), "the small files should land first"
+    assert "config.json" in read_json(local / MANIFEST, {}), "the small files should land first"
     rank.send_signal(signal.SIGKILL)
     rank.wait(10)
     assert not (local / "model-00001-of-00002.safetensors").exists()   # only a partial file

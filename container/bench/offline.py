@@ -122,14 +122,13 @@ def _static_batches(model, prompts, config, warm: bool, batch: int) -> tuple[int
     and seconds spent in generate. warm: a short call first (not timed)."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     produced, elapsed = 0, 0.0
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         width = max(len(p) for p in chunk)
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=device)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
-                            device=device)
+                            device=model.device)
         if warm and start == 0:
             model.generate(input_ids=ids[:, :8], attention_mask=mask[:, :8],
                            max_new_tokens=2, do_sample=False, pad_token_id=0)
