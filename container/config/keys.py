@@ -99,6 +99,10 @@ register(
         "model.py when present.", values.non_empty_text, scope="handler"),
     Key("option.handler", "handle", "Name of the handler function in the entry point.",
         values.non_empty_text, scope="handler"),
+    Key("option.async_mode", "false",
+        "Handlers: call the handler's coroutine once per request as it arrives (no batching "
+        "wait); it returns an Output or an async generator of Outputs.", values.boolean,
+        scope="handler"),
     Key("option.tensor_parallel_degree", None,
         "Ranks (GPUs) one model is split across: an integer or max (every visible GPU). "
         "Unset: 1 for handlers, max for LLM engines.", values.text),
@@ -106,9 +110,11 @@ register(
         values.boolean),
     Key("option.rolling_batch", "auto",
         "Continuous batching backend: auto, native (aliases: lmi-dist, vllm, scheduler), "
-        "trtllm, deepspeed or disable.",
+        "trtllm, deepspeed or disable (true / false: auto / disable). Beside a model.py, any "
+        "value but disable makes the handler the rolling batch.",
         values.choice("auto", "native", "trtllm", "deepspeed", "disable",
-                      aliases={"lmi-dist": "native", "vllm": "native", "scheduler": "native"})),
+                      aliases={"lmi-dist": "native", "vllm": "native", "scheduler": "native",
+                               "true": "auto", "false": "disable"})),
     Key("option.trust_remote_code", "false",
         "Allow model code shipped with a checkpoint (transformers-backed engines only).",
         values.boolean),

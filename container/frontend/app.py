@@ -4,6 +4,7 @@ the OpenAI routes, and JSON errors for everything that goes wrong."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from flask import Flask, g, request
@@ -28,6 +29,8 @@ def create_app(run_dir: str) -> Flask:
     app = Flask("serve")
     app.config["MAX_CONTENT_LENGTH"] = int(config.setting("max_request_size"))
     predict_timeout = float(config.setting("predict_timeout"))
+    allow_handler_override = os.environ.get(
+        handler_proxy.ALLOW_HANDLER_OVERRIDE_ENV, "").strip().lower() in ("1", "true", "yes")
 
     def client():
         return get_client(run)
@@ -140,7 +143,8 @@ def create_app(run_dir: str) -> Flask:
             from . import llm_routes
 
             return llm_routes.invocations(client(), config, g.request_id)
-        return handler_proxy.invoke_handler(client(), g.request_id, predict_timeout)
+        return handler_proxy.invoke_handler(client(), g.request_id, predict_timeout,
+                                            allow_handler_override)
 
     @app.post("/invocations")
     def invocations():

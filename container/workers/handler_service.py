@@ -26,6 +26,7 @@ from djl_python.outputs import default_stream_formatter
 from ..config.loader import ServingConfig
 from ..errors import StartupError
 from . import protocol
+from .async_mode import call_handler_function
 from .ipc_server import IpcServer
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class HandlerService:
             getattr(handler, "__call__", None))
         self._running: dict[int, Batch] = {}
         self._running_lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._held: Pending | None = None       # the first request of the next batch
+        self.mode = handler_mode(config.options)
         self.ipc: IpcServer | None = None
 
     # start-up ------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class HandlerService:
         if self.batch_size <= 1:
             init.properties.pop("batch_size")
         try:
-            result = self.handler(init)
+            result = call_handler_function(self.handler, init)
             if inspect.isawaitable(result):
                 asyncio.run(_await(result))
         except StartupError:
@@ -126,24 +129,57 @@ class HandlerService:
     # rank 0 loop -------------------------------------------------------------------------------
     def serve(self, ipc: IpcServer, ready) -> None:
         self.ipc = ipc
-        if self.is_async:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="handler-loop",
+        mode = self.mode
+        if self.is_async or mode == "async":
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="handler-loop",
                              daemon=True).start()
         threading.Thread(target=self._watchdog, name="predict-timeout", daemon=True).start()
-        ready()
+        log.info("handler mode: %s", mode)
+        if mode == "async":
+            self._serve_async(ready)
+        elif mode == "rolling":
+            from .rolling_handler import RollingBatchRunner
+
+            ready()
+            RollingBatchRunner(self).run()
+        else:
+            ready()
+            self._serve_batches()
+
+    def _serve_batches(self) -> None:
         while True:
             items = self._collect_batch()
+            if not items:
+                continue
             batch = Batch(items)
             _observe_queue_time("handler", [p.request.arrival_time for p in items])
             if self.is_async:
-                asyncio.run_coroutine_threadsafe(self._run_async(batch), self._loop)
+                asyncio.run_coroutine_threadsafe(self._run_async(batch), self.loop)
             else:
                 self._run_sync(batch)
 
+    def _serve_async(self, ready) -> None:
+        from .async_mode import AsyncModeRunner
+
+        runner = AsyncModeRunner(self)
+        ready()
+        while True:
+            identity, message = self.ipc.inbox.get()
+            if isinstance(message, protocol.Abort):
+                runner.abort(message.request_id)
+                continue
+            _observe_queue_time("handler", [message.arrival_time])
+            runner.submit(Pending(identity, message))
+
     def _collect_batch(self) -> list[Pending]:
+        """Up to batch_size requests within max_batch_delay of the first, all asking for the same
+        handler function (a request naming another one starts the next batch)."""
         items: list[Pending] = []
-        deadline = None
+        if self._held is not None:
+            items.append(self._held)
+            self._held = None
+        deadline = time.monotonic() + self.max_batch_delay if items else None
         while len(items) < self.batch_size:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
             if deadline is not None and timeout == 0:
@@ -157,15 +193,36 @@ class HandlerService:
                 items = [p for p in items if p.request.request_id != message.request_id]
                 self.ipc.finish(before - len(items))
                 continue
-            items.append(Pending(identity, message))
+            pending = Pending(identity, message)
+            if items and _function_name(pending) != _function_name(items[0]):
+                self._held = pending
+                break
+            items.append(pending)
             if deadline is None:
                 deadline = time.monotonic() + self.max_batch_delay
         return items
 
-    def build_input(self, items: list[Pending]) -> Input:
+    def function_for(self, inputs: Input):
+        """The handler, or the module function a request named in `handler` (the front end
+        lets that through only where the operator allowed it)."""
+        name = inputs.get_function_name()
+        if not name:
+            return self.handler
+        import sys
+
+        module = sys.modules.get(getattr(self.handler, "__module__", "") or "")
+        function = getattr(module, name, None) if module is not None else None
+        if not callable(function):
+            raise LookupError(f"handler function {name!r} is not defined by the entry point")
+        return function
+
+    def build_input(self, items: list[Pending], batched_keys: bool | None = None) -> Input:
         """One Input: plain for batch_size 1, `batch_NNN.`-prefixed keys otherwise (DJL)."""
+        if batched_keys is None:
+            batched_keys = self.batch_size > 1
         batched = Input()
-        if self.batch_size <= 1:
+        batched.function_name = _function_name(items[0])
+        if not batched_keys:
             request = items[0].request
             batched.properties = dict(request.properties)
             for key, value in request.content:
@@ -180,61 +237,69 @@ class HandlerService:
                 batched.content.add(prefix + key, value)
         return batched
 
-    def _track(self, batch: Batch) -> None:
+    def track(self, batch: Batch) -> None:
         with self._running_lock:
             self._running[id(batch)] = batch
 
-    def _untrack(self, batch: Batch) -> bool:
+    def untrack(self, batch: Batch) -> bool:
         """False when the watchdog already answered this batch."""
         with self._running_lock:
             return self._running.pop(id(batch), None) is not None
 
-    def _call_handler(self, inputs: Input):
+    def call_handler(self, inputs: Input):
+        function = self.function_for(inputs)
         if self.channel is not None:
             self.channel.broadcast_input(inputs)
-        return self.handler(inputs)
+        return call_handler_function(function, inputs)
 
     def _run_sync(self, batch: Batch) -> None:
-        self._track(batch)
+        self.track(batch)
         try:
-            output = self._call_handler(self.build_input(batch.items))
+            output = self.call_handler(self.build_input(batch.items))
             if inspect.isawaitable(output):
                 output = asyncio.run(_await(output))
         except BaseException as exc:  # noqa: BLE001 - user code: every failure becomes a reply
-            if self._untrack(batch):
-                self._reply_exception(batch, exc)
+            if self.untrack(batch):
+                self.reply_exception(batch, exc)
             return
-        if self._untrack(batch):
-            self._reply(batch, output)
+        if self.untrack(batch):
+            self.reply(batch, output)
 
     async def _run_async(self, batch: Batch) -> None:
-        self._track(batch)
+        self.track(batch)
         try:
-            output = self._call_handler(self.build_input(batch.items))
+            output = self.call_handler(self.build_input(batch.items))
             if inspect.isawaitable(output):
                 output = await output
         except BaseException as exc:  # noqa: BLE001
-            if self._untrack(batch):
-                self._reply_exception(batch, exc)
+            if self.untrack(batch):
+                self.reply_exception(batch, exc)
             return
-        if self._untrack(batch):
-            await asyncio.get_running_loop().run_in_executor(None, self._reply, batch, output)
+        if self.untrack(batch):
+            await asyncio.get_running_loop().run_in_executor(None, self.reply, batch, output)
 
     # replies --------------------------------------------------------------------------------
-    def _send_error(self, pending: Pending, code: int, type_: str, message: str) -> None:
+    def send_error(self, pending: Pending, code: int, type_: str, message: str) -> None:
         reply = protocol.HandleReply(pending.request.request_id, code, message,
                                      {"content-type": "application/json"},
                                      _error_body(code, type_, message))
         self.ipc.send(pending.identity, reply, finished=1)
 
-    def _reply_exception(self, batch: Batch, exc: BaseException) -> None:
+    def send_reply(self, pending: Pending, output: Output, body: bytes) -> None:
+        """One whole answer: the Output's status and properties with this body."""
+        properties = {k.lower(): str(v) for k, v in output.properties.items()}
+        self.ipc.send(pending.identity, protocol.HandleReply(
+            pending.request.request_id, int(output.code), str(output.message), properties,
+            body), finished=1)
+
+    def reply_exception(self, batch: Batch, exc: BaseException) -> None:
         code, type_ = classify_exception(exc)
         log.error("handler raised %s:\n%s", type(exc).__name__,
                   "".join(traceback.format_exception(exc)))
         for pending in batch.items:
-            self._send_error(pending, code, type_, f"{type(exc).__name__}: {exc}")
+            self.send_error(pending, code, type_, f"{type(exc).__name__}: {exc}")
 
-    def _reply(self, batch: Batch, output) -> None:
+    def reply(self, batch: Batch, output) -> None:
         if output is None:
             output = Output()
         if not isinstance(output, Output):
@@ -242,7 +307,7 @@ class HandlerService:
         if output.stream_content is not None:
             if len(batch.items) != 1:
                 for pending in batch.items:
-                    self._send_error(pending, 424, "HandlerError",
+                    self.send_error(pending, 424, "HandlerError",
                                      "a streaming Output answers one request; use batch_size=1 "
                                      "for streaming handlers")
                 return
@@ -256,7 +321,7 @@ class HandlerService:
                        f"{len(batch.items)} request(s); return one item per request with "
                        "Output.add(value, batch_index=i)")
             for pending in batch.items:
-                self._send_error(pending, 424, "BatchSizeMismatch", message)
+                self.send_error(pending, 424, "BatchSizeMismatch", message)
             return
         properties = {k.lower(): v for k, v in output.properties.items()}
         for pending, body in zip(batch.items, parts):
@@ -293,7 +358,7 @@ class HandlerService:
         self.ipc.send(pending.identity, head)
         formatter = output.stream_formatter or default_stream_formatter
         try:
-            for item in _iterate(output.stream_content, self._loop):
+            for item in _iterate(output.stream_content, self.loop):
                 data = formatter(item)
                 if isinstance(data, str):
                     data = data.encode("utf-8")
@@ -321,9 +386,9 @@ class HandlerService:
             message = (f"the handler took longer than predict_timeout={self.predict_timeout:g}s; "
                        "the worker is being restarted")
             for batch in late:
-                if self._untrack(batch):
+                if self.untrack(batch):
                     for pending in batch.items:
-                        self._send_error(pending, 504, "PredictTimeout", message)
+                        self.send_error(pending, 504, "PredictTimeout", message)
             log.error("%s", message)
             time.sleep(0.2)  # let the IO thread flush the replies
             os._exit(PREDICT_TIMEOUT_EXIT)
@@ -334,11 +399,28 @@ class HandlerService:
         while True:
             inputs = self.channel.receive_input()
             try:
-                result = self.handler(inputs)
+                result = call_handler_function(self.function_for(inputs), inputs)
                 if inspect.isawaitable(result):
                     asyncio.run(_await(result))
             except Exception:  # noqa: BLE001 - rank 0 reports errors
                 log.exception("handler raised on rank %d", self.rank)
+
+
+def handler_mode(options: dict[str, str]) -> str:
+    """batch (DJL's default), async (option.async_mode) or rolling (option.rolling_batch set to
+    anything but disable next to a model.py: the handler is the rolling batch)."""
+    from ..config import keys
+    from ..config.values import boolean
+
+    if boolean(options.get("async_mode", "false")):
+        return "async"
+    rolling = keys.lookup("option.rolling_batch").parse(options.get("rolling_batch", "disable"))
+    return "batch" if rolling == "disable" else "rolling"
+
+
+def _function_name(pending: Pending) -> str | None:
+    return next((v for k, v in pending.request.properties.items() if k.lower() == "handler"),
+                None)
 
 
 async def _await(awaitable):

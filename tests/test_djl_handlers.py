@@ -1,0 +1,232 @@
+"""DJL handlers unchanged: DJL's request model, async mode and rolling-batch handlers, through
+`serve` and HTTP (and boto3's SageMaker runtime client where DJL users call it that way)."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import time
+
+import pytest
+import requests
+
+from conftest import ServeProcess, handler_dir, wait_for
+
+
+def djl_handler_dir(tmp_path, name: str, properties: str = ""):
+    from conftest import HANDLERS, write_model
+
+    return write_model(tmp_path / name, (HANDLERS / "djl" / f"{name}.py").read_text(),
+                       properties)
+
+
+@pytest.fixture(scope="module")
+def request_server(tmp_path_factory):
+    server = ServeProcess(djl_handler_dir(tmp_path_factory.mktemp("rm"), "request_model")).start()
+    yield server
+    server.stop()
+
+
+def entries(response):
+    assert response.status_code == 200, response.text
+    return response.json()["entries"]
+
+
+# 1. request model ---------------------------------------------------------------------------
+def test_query_parameters_are_content_entries_in_order_then_the_body(request_server):
+    response = requests.post(request_server.url("/invocations?stream=true&tag=a&tag=b"),
+                             json={"inputs": "x"}, timeout=30)
+    assert entries(response) == [["stream", "true"], ["tag", "a"], ["tag", "b"],
+                                 ["data", '{"inputs": "x"}']]
+
+
+def test_predictions_route_and_sagemaker_runtime_see_the_same_input(request_server):
+    import boto3
+
+    name = request_server.model_name()
+    direct = entries(requests.post(request_server.url(f"/predictions/{name}?k=v"),
+                                   data=b"raw", headers={"Content-Type": "text/plain"},
+                                   timeout=30))
+    assert direct == [["k", "v"], ["data", "raw"]]
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=request_server.base,
+                           region_name="us-east-1", aws_access_key_id="x",
+                           aws_secret_access_key="x")
+    answer = runtime.invoke_endpoint(EndpointName="local", Body=b"raw", ContentType="text/plain")
+    described = json.loads(answer["Body"].read())
+    assert described["entries"] == [["data", "raw"]]
+    assert described["properties"]["Content-Type"] == "text/plain"
+
+
+def test_urlencoded_form_fields_are_entries(request_server):
+    response = requests.post(request_server.url("/invocations?q=1"),
+                             data=[("a", "1"), ("b", "two"), ("a", "3")], timeout=30)
+    assert entries(response) == [["q", "1"], ["a", "1"], ["b", "two"], ["a", "3"]]
+
+
+def test_multipart_fields_and_files_are_entries_with_their_content_type(request_server):
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    response = requests.post(request_server.url("/invocations"),
+                             data={"caption": "a cat"},
+                             files={"image": ("cat.png", png, "image/png")}, timeout=30)
+    body = response.json()
+    assert body["entries"] == [["caption", "a cat"],
+                               ["image", {"bytes": len(png), "first": png[:4].hex()}]]
+    assert body["properties"]["image.content-type"] == "image/png"
+
+
+def test_headers_are_properties(request_server):
+    response = requests.post(request_server.url("/invocations"), data=b"x",
+                             headers={"X-Custom-Thing": "42", "Content-Type": "text/plain",
+                                      "X-Amzn-SageMaker-Custom-Attributes": "attr=7"},
+                             timeout=30)
+    properties = response.json()["properties"]
+    assert properties["X-Custom-Thing"] == "42"
+    assert properties["attr"] == "7"
+
+
+def test_a_request_choosing_the_handler_is_refused_by_default(request_server):
+    for response in (
+            requests.post(request_server.url("/invocations?handler=shout"), data=b"x",
+                          timeout=30),
+            requests.post(request_server.url("/invocations"), data=b"x",
+                          headers={"handler": "shout"}, timeout=30)):
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert body["type"] == "HandlerOverrideRefused"
+        assert "SERVING_ALLOW_HANDLER_OVERRIDE" in body["message"]
+    assert entries(requests.post(request_server.url("/invocations"), data=b"ok",
+                                 timeout=30)) == [["data", "ok"]]
+
+
+def test_operator_may_allow_requests_to_choose_the_handler(tmp_path, serve_factory):
+    server = serve_factory(djl_handler_dir(tmp_path, "request_model"),
+                           env={"SERVING_ALLOW_HANDLER_OVERRIDE": "true"}).start()
+    shouted = requests.post(server.url("/invocations?handler=shout"), data=b"quiet please",
+                            headers={"Content-Type": "text/plain"}, timeout=30)
+    assert shouted.status_code == 200, shouted.text
+    assert shouted.text == "QUIET PLEASE"
+    missing = requests.post(server.url("/invocations?handler=nope"), data=b"x", timeout=30)
+    assert missing.status_code == 424 and "nope" in missing.json()["message"]
+    assert entries(requests.post(server.url("/invocations"), data=b"ok", timeout=30)) == [
+        ["data", "ok"]]
+
+
+# 3. async mode ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def async_server(tmp_path_factory):
+    directory = djl_handler_dir(tmp_path_factory.mktemp("am"), "async_mode",
+                                "option.async_mode=true\nbatch_size=1\n")
+    server = ServeProcess(directory).start()
+    yield server
+    server.stop()
+
+
+def test_async_mode_runs_many_requests_at_once(async_server):
+    def call(_):
+        return requests.post(async_server.url("/invocations"),
+                             json={"action": "sleep", "seconds": 1.0}, timeout=60)
+
+    started = time.monotonic()
+    with futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(8)))
+    elapsed = time.monotonic() - started
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    spans = [(a.json()["started"], a.json()["ended"]) for a in answers]
+    latest_start = max(s for s, _ in spans)
+    earliest_end = min(e for _, e in spans)
+    assert latest_start < earliest_end, "the requests ran one after another"
+    assert elapsed < 6, elapsed
+
+
+def test_async_generator_of_outputs_streams_each_piece(async_server):
+    with requests.post(async_server.url("/invocations"),
+                       json={"action": "stream", "count": 5, "delay": 0.2}, stream=True,
+                       timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        arrivals = []
+        for chunk in response.iter_content(chunk_size=None):
+            arrivals.append((time.monotonic(), chunk))
+    text = b"".join(c for _, c in arrivals).decode()
+    assert text == "".join(f"piece-{i};" for i in range(5))
+    assert len(arrivals) >= 3, "the pieces arrived as one block: nothing was streamed"
+    assert arrivals[-1][0] - arrivals[0][0] > 0.4
+
+
+def test_async_none_error_and_exception(async_server):
+    empty = requests.post(async_server.url("/invocations"), json={"action": "none"}, timeout=30)
+    assert empty.status_code == 204 and empty.content == b""
+    refused = requests.post(async_server.url("/invocations"), json={"action": "?"}, timeout=30)
+    assert refused.status_code == 400 and "unknown action" in refused.text
+    failed = requests.post(async_server.url("/invocations"), json={"action": "fail"}, timeout=30)
+    assert failed.status_code == 424 and "asked to fail" in failed.json()["message"]
+    ok = requests.post(async_server.url("/invocations"), json={"action": "sleep", "seconds": 0},
+                       timeout=30)
+    assert ok.status_code == 200
+
+
+def test_client_disconnect_cancels_the_async_task(async_server, tmp_path):
+    marker = tmp_path / "cancelled"
+    response = requests.post(async_server.url("/invocations"),
+                             json={"action": "stream", "count": 200, "delay": 0.05,
+                                   "marker": str(marker)}, stream=True, timeout=30)
+    iterator = response.iter_content(chunk_size=None)
+    next(iterator)
+    response.close()
+    wait_for(marker.exists, timeout=20)
+    assert marker.read_text() == "cancelled"
+
+
+# 4. rolling-batch handlers ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rolling_server(tmp_path_factory):
+    directory = djl_handler_dir(tmp_path_factory.mktemp("rb"), "rolling",
+                                "option.rolling_batch=true\noption.max_rolling_batch_size=3\n")
+    server = ServeProcess(directory).start()
+    yield server
+    server.stop()
+
+
+def _generate(server, prompt: str, steps: int):
+    return requests.post(server.url("/invocations"),
+                         json={"inputs": prompt, "parameters": {"steps": steps}}, timeout=60)
+
+
+def test_rolling_batch_handler_answers_each_request_in_full(rolling_server):
+    answer = _generate(rolling_server, "solo", 4)
+    assert answer.status_code == 200, answer.text
+    text, _, stats = answer.text.rpartition("|")
+    assert text == "solo:1 solo:2 solo:3 solo:4 "
+
+
+def test_requests_join_and_leave_the_rolling_batch(rolling_server):
+    steps = {f"r{i}": 3 + 2 * i for i in range(6)}
+    with futures.ThreadPoolExecutor(6) as pool:
+        answers = dict(zip(steps, pool.map(lambda p: _generate(rolling_server, p, steps[p]),
+                                            steps)))
+    seen = 0
+    for prompt, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        text, _, stats = answer.text.rpartition("|")
+        assert text == "".join(f"{prompt}:{i} " for i in range(1, steps[prompt] + 1))
+        seen = max(seen, json.loads(stats)["max_batch_seen"])
+    assert seen == 3, "max_rolling_batch_size=3 should cap the batch and be reached"
+
+
+def test_rolling_batch_streams_pieces_as_they_are_made(rolling_server):
+    with requests.post(rolling_server.url("/invocations"),
+                       json={"inputs": "s", "parameters": {"steps": 6}}, stream=True,
+                       timeout=60) as response:
+        chunks = [c for c in response.iter_content(chunk_size=None)]
+    assert len(chunks) >= 3
+    assert b"".join(chunks).decode().startswith("s:1 s:2 s:3 s:4 s:5 s:6")
+
+
+def test_rolling_batch_handler_error_fails_the_batch_and_the_server_goes_on(rolling_server):
+    failed = requests.post(rolling_server.url("/invocations"),
+                           json={"inputs": "bad", "fail": True, "parameters": {"steps": 1}},
+                           timeout=60)
+    assert failed.status_code == 424, failed.text
+    assert "asked to fail" in failed.text
+    answer = _generate(rolling_server, "after", 2)
+    assert answer.status_code == 200 and answer.text.startswith("after:1 after:2")
