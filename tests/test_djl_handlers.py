@@ -230,3 +230,93 @@ def test_rolling_batch_handler_error_fails_the_batch_and_the_server_goes_on(roll
     assert "asked to fail" in failed.text
     answer = _generate(rolling_server, "after", 2)
     assert answer.status_code == 200 and answer.text.startswith("after:1 after:2")
+
+
+# 6. adapters API ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapter_server(tmp_path_factory):
+    directory = djl_handler_dir(tmp_path_factory.mktemp("ad"), "adapters", "batch_size=4\n")
+    (directory / "adapters" / "builtin").mkdir(parents=True)
+    server = ServeProcess(directory).start()
+    yield server
+    server.stop()
+
+
+def test_adapters_in_the_model_dir_are_registered_at_start(adapter_server):
+    listed = requests.get(adapter_server.url("/adapters"), timeout=30).json()
+    assert [a["name"] for a in listed["adapters"]] == ["builtin"]
+    answer = requests.post(adapter_server.url("/invocations?adapter=builtin"), data=b"hi",
+                           timeout=30).json()
+    assert answer["adapter"] == "builtin" and answer["src"].endswith("adapters/builtin")
+
+
+def test_adapter_lifecycle_through_http_and_the_handler_hooks(adapter_server, tmp_path):
+    name = adapter_server.model_name()
+    base = f"/models/{name}/adapters"
+    src = str(tmp_path / "a1")
+    created = requests.post(adapter_server.url(f"{base}?name=a1&src={src}&rank=8"), timeout=30)
+    assert created.status_code == 200, created.text
+    assert created.json() == {"status": "Adapter a1 registered"}
+    duplicate = requests.post(adapter_server.url(f"{base}?name=a1&src={src}"), timeout=30)
+    assert duplicate.status_code == 409 and duplicate.json()["type"] == "AdapterExists"
+
+    described = requests.get(adapter_server.url(f"{base}/a1"), timeout=30).json()
+    assert described == [{"name": "a1", "src": src, "preload": True, "pin": False,
+                          "options": {"rank": "8"}}]
+    # every way of naming the adapter reaches the handler as its `adapter` entry
+    by_query = requests.post(adapter_server.url("/invocations?adapter=a1"), data=b"x",
+                             timeout=30).json()
+    by_header = requests.post(adapter_server.url("/invocations"), data=b"x", timeout=30,
+                              headers={"X-Amzn-SageMaker-Adapter-Identifier": "a1"}).json()
+    for answer in (by_query, by_header):
+        assert answer == {"text": "x", "adapter": "a1", "src": src, "pin": "false",
+                          "rank": "8"}
+
+    updated = requests.post(adapter_server.url(f"/adapters/a1/update?pin=true"), timeout=30)
+    assert updated.status_code == 200 and updated.json() == {"status": "Adapter a1 updated"}
+    assert requests.get(adapter_server.url("/adapters/a1"), timeout=30).json()[0]["pin"] is True
+    assert requests.post(adapter_server.url("/invocations?adapter=a1"), data=b"x",
+                         timeout=30).json()["pin"] == "true"
+
+    removed = requests.delete(adapter_server.url(f"{base}/a1"), timeout=30)
+    assert removed.status_code == 200 and removed.json() == {"status": "Adapter a1 unregistered"}
+    for response in (requests.get(adapter_server.url(f"{base}/a1"), timeout=30),
+                     requests.delete(adapter_server.url(f"{base}/a1"), timeout=30),
+                     requests.post(adapter_server.url(f"{base}/a1/update?pin=true"), timeout=30)):
+        assert response.status_code == 404 and response.json()["type"] == "AdapterNotFound"
+    assert requests.post(adapter_server.url("/invocations?adapter=a1"), data=b"x",
+                         timeout=30).json()["src"] is None
+
+
+def test_adapter_errors_leave_nothing_registered(adapter_server):
+    cases = [("name=bad1&src=/x/fail", 424, "HandlerError"),
+             ("name=bad2&src=/x/oom", 507, "OutOfMemory"),
+             ("name=bad3&src=/x/refuse", 424, "HandlerError"),
+             ("src=/x/ok", 400, "InvalidAdapter"),
+             ("name=bad4", 400, "InvalidAdapter"),
+             ("name=bad5&src=/x&pin=maybe", 400, "InvalidAdapterOption")]
+    for query, status, type_ in cases:
+        response = requests.post(adapter_server.url(f"/adapters?{query}"), timeout=30)
+        assert response.status_code == status, (query, response.text)
+        assert response.json()["type"] == type_, response.text
+    unknown_model = requests.get(adapter_server.url("/models/other/adapters"), timeout=30)
+    assert unknown_model.status_code == 404 and unknown_model.json()["type"] == "ModelNotFound"
+    names = [a["name"] for a in requests.get(adapter_server.url("/adapters"),
+                                             timeout=30).json()["adapters"]]
+    assert not any(n.startswith("bad") for n in names)
+
+
+def test_adapter_list_pages(adapter_server, tmp_path):
+    for index in range(5):
+        assert requests.post(adapter_server.url(f"/adapters?name=p{index}&src={tmp_path}"),
+                             timeout=30).status_code == 200
+    seen, token = [], "0"
+    while token is not None:
+        page = requests.get(adapter_server.url(f"/adapters?limit=2&next_page_token={token}"),
+                            timeout=30).json()
+        assert len(page["adapters"]) <= 2
+        seen += [a["name"] for a in page["adapters"]]
+        token = page.get("nextPageToken")
+    assert seen == sorted(seen) and {f"p{i}" for i in range(5)} <= set(seen)
+    for index in range(5):
+        requests.delete(adapter_server.url(f"/adapters/p{index}"), timeout=30)

@@ -160,6 +160,9 @@ def create_app(run_dir: str) -> Flask:
     from .openapi import register_openapi_route
     from .sagemaker_routes import register_sagemaker_routes
 
+    from .adapter_routes import register_adapter_routes
+
+    register_adapter_routes(app, client, check_model_name, model_kind, predict_timeout + 10)
     register_openai_routes(app, client, config)
     register_sagemaker_routes(app, invoke)
     register_metrics_route(app, client)

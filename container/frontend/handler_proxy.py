@@ -35,6 +35,9 @@ def build_handle_request(request_id: str, generation: int,
         properties.setdefault(key, value)
     _check_handler_override(properties, allow_handler_override)
     content = _pairs_in_order(request.query_string)
+    adapter = request.headers.get(ADAPTER_HEADER)
+    if adapter and not any(key == "adapter" for key, _ in content):
+        content.append(("adapter", adapter.encode("utf-8")))   # SageMaker's way to name one
     content_type = (request.mimetype or "").lower()
     if content_type == "application/x-www-form-urlencoded":
         content.extend(_pairs_in_order(request.get_data(cache=False)))
@@ -80,6 +83,7 @@ def _check_handler_override(properties: dict[str, str], allowed: bool) -> None:
 
 
 ALLOW_HANDLER_OVERRIDE_ENV = "SERVING_ALLOW_HANDLER_OVERRIDE"
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 
 
 def _first_reply(box, timeout: float):

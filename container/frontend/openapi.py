@@ -454,6 +454,10 @@ def build_openapi(config) -> dict:
                                   "content": {JSON: {"schema": {"type": "object"}}}},
                           **_responses((500, "InternalError"))}}},
     }
+    from .openapi_adapters import SCHEMAS as ADAPTER_SCHEMAS, adapter_paths
+
+    paths.update(adapter_paths())
+    schemas.update(ADAPTER_SCHEMAS)
     return {
         "openapi": "3.1.0",
         "info": {

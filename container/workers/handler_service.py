@@ -128,7 +128,11 @@ class HandlerService:
 
     # rank 0 loop -------------------------------------------------------------------------------
     def serve(self, ipc: IpcServer, ready) -> None:
+        from .handler_adapters import HandlerAdapters
+
         self.ipc = ipc
+        self.adapters = HandlerAdapters(self)
+        self.adapters.register_folder(self.config.model_dir)
         mode = self.mode
         if self.is_async or mode == "async":
             self.loop = asyncio.new_event_loop()
@@ -169,6 +173,9 @@ class HandlerService:
             if isinstance(message, protocol.Abort):
                 runner.abort(message.request_id)
                 continue
+            if isinstance(message, protocol.AdapterRequest):
+                self.adapters.handle(identity, message)
+                continue
             _observe_queue_time("handler", [message.arrival_time])
             runner.submit(Pending(identity, message))
 
@@ -192,6 +199,9 @@ class HandlerService:
                 before = len(items)
                 items = [p for p in items if p.request.request_id != message.request_id]
                 self.ipc.finish(before - len(items))
+                continue
+            if isinstance(message, protocol.AdapterRequest):
+                self.adapters.handle(identity, message)    # between batches, as DJL does
                 continue
             pending = Pending(identity, message)
             if items and _function_name(pending) != _function_name(items[0]):

@@ -39,6 +39,18 @@ class GenerateRequest(msgspec.Struct, tag="generate", tag_field="kind"):
     arrival_time: float = 0.0
 
 
+class AdapterRequest(msgspec.Struct, tag="adapter", tag_field="kind"):
+    """DJL's adapters API: register | update | unregister | list | describe."""
+    request_id: str
+    generation: int
+    action: str
+    name: str = ""
+    properties: dict[str, str] = {}
+    limit: int = 100
+    page_token: int = 0
+    arrival_time: float = 0.0
+
+
 class Abort(msgspec.Struct, tag="abort", tag_field="kind"):
     request_id: str
 
@@ -89,7 +101,7 @@ class TokenBatch(msgspec.Struct, tag="tokens", tag_field="kind"):
     deltas: list[TokenDelta]
 
 
-ToWorker = HandleRequest | GenerateRequest | Abort | StatsRequest
+ToWorker = HandleRequest | GenerateRequest | AdapterRequest | Abort | StatsRequest
 ToFrontend = Rejected | HandleReply | StreamChunk | TokenBatch | Stats
 
 _encoder = msgspec.msgpack.Encoder()

@@ -71,6 +71,9 @@ class RollingBatchRunner:
             if isinstance(message, protocol.Abort):
                 self._abort(message.request_id)
                 continue
+            if isinstance(message, protocol.AdapterRequest):
+                self.service.adapters.handle(identity, message)
+                continue
             from .handler_service import Pending
 
             self.waiting.append(Pending(identity, message))
