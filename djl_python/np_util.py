@@ -1,36 +1,69 @@
 """DJL's NDList wire format ("tensor/ndlist"): a count, then per array the NDAR header,
-dtype name, shape and raw little-endian bytes. Also reads npz (a zip, starts with "PK")."""
+dtype name, shape and raw little-endian bytes. Also reads npz (a zip, starts with "PK").
+
+The set_* / get_* helpers are DJL's public byte codecs (big-endian); each get_* returns
+(value, next index).
+"""
 
 from __future__ import annotations
 
 import io
 import struct
 
-MAGIC = "NDAR"
+MAGIC_NUMBER = "NDAR"
+MAGIC = MAGIC_NUMBER
 VERSION = 3
 
 
-def _put_str(out: bytearray, text: str) -> None:
-    data = text.encode("utf-8")
-    out += struct.pack(">h", len(data)) + data
+def set_int(value: int) -> bytes:
+    return struct.pack(">i", value)
 
 
-class _Reader:
-    def __init__(self, data: bytes):
-        self.data, self.pos = memoryview(bytes(data)), 0
+def set_long(value: int) -> bytes:
+    return struct.pack(">q", value)
 
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("truncated NDList data")
-        chunk = self.data[self.pos:self.pos + n].tobytes()
-        self.pos += n
-        return chunk
 
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+def set_str(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return struct.pack(">h", len(data)) + data
 
-    def text(self) -> str:
-        return self.take(self.unpack(">h")).decode("utf-8")
+
+def set_char(value: str) -> bytes:
+    return struct.pack(">h", ord(value))
+
+
+def get_byte_as_int(encoded, idx: int) -> tuple[int, int]:
+    return encoded[idx], idx + 1
+
+
+def get_bytes(encoded, idx: int, length: int) -> tuple[bytes, int]:
+    if idx + length > len(encoded):
+        raise ValueError("truncated NDList data")
+    return bytes(encoded[idx:idx + length]), idx + length
+
+
+def _unpack(fmt: str, encoded, idx: int):
+    raw, idx = get_bytes(encoded, idx, struct.calcsize(fmt))
+    return struct.unpack(fmt, raw)[0], idx
+
+
+def get_int(encoded, idx: int) -> tuple[int, int]:
+    return _unpack(">i", encoded, idx)
+
+
+def get_long(encoded, idx: int) -> tuple[int, int]:
+    return _unpack(">q", encoded, idx)
+
+
+def get_char(encoded, idx: int) -> tuple[str, int]:
+    code, idx = _unpack(">h", encoded, idx)
+    return chr(code), idx
+
+
+def get_str(encoded, idx: int) -> tuple[str, int]:
+    length, idx = _unpack(">h", encoded, idx)
+    raw, idx = get_bytes(encoded, idx, length)
+    return raw.decode("utf-8"), idx
 
 
 def to_nd_list(arrays) -> bytearray:
@@ -38,23 +71,18 @@ def to_nd_list(arrays) -> bytearray:
 
     if not isinstance(arrays, (list, tuple)):
         arrays = [arrays]
-    out = bytearray(struct.pack(">i", len(arrays)))
+    out = bytearray(set_int(len(arrays)))
     for array in arrays:
         array = np.ascontiguousarray(array)
-        _put_str(out, MAGIC)
-        out += struct.pack(">i", VERSION)
+        out += set_str(MAGIC_NUMBER) + set_int(VERSION)
         out.append(0)                      # no name
-        _put_str(out, "default")           # dense storage
-        _put_str(out, array.dtype.name.upper())
-        out += struct.pack(">i", array.ndim)
-        for dim in array.shape:
-            out += struct.pack(">q", dim)
-        out += struct.pack(">i", array.ndim)
-        for _ in range(array.ndim):
-            out += struct.pack(">h", ord("?"))
+        out += set_str("default")          # dense storage
+        out += set_str(array.dtype.name.upper())
+        out += set_int(array.ndim) + b"".join(set_long(dim) for dim in array.shape)
+        out += set_int(array.ndim) + set_char("?") * array.ndim   # layout: unknown
         out.append(ord("<"))
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
-        out += struct.pack(">i", len(data)) + data
+        out += set_int(len(data)) + data
     return out
 
 
@@ -65,23 +93,30 @@ def from_nd_list(data) -> list:
     if data[:2] == b"PK":
         archive = np.load(io.BytesIO(data))
         return [archive[name] for name in archive.files]
-    reader = _Reader(data)
+    count, idx = get_int(data, 0)
     arrays = []
-    for _ in range(reader.unpack(">i")):
-        if reader.text() != MAGIC:
+    for _ in range(count):
+        magic, idx = get_str(data, idx)
+        if magic != MAGIC_NUMBER:
             raise ValueError("not an NDList: missing NDAR magic")
-        version = reader.unpack(">i")
+        version, idx = get_int(data, idx)
         if version != VERSION:
             raise ValueError(f"NDList version {version} is not supported (want {VERSION})")
-        if reader.take(1)[0] == 1:
-            reader.text()                  # name
-        reader.text()                      # storage type
-        dtype = reader.text().lower()
-        shape = tuple(reader.unpack(">q") for _ in range(reader.unpack(">i")))
-        for _ in range(reader.unpack(">i")):
-            reader.take(2)                 # layout characters
-        order = chr(reader.take(1)[0])
-        raw = reader.take(reader.unpack(">i"))
-        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder(order)).reshape(shape)
-        arrays.append(array)
+        has_name, idx = get_byte_as_int(data, idx)
+        if has_name == 1:
+            _, idx = get_str(data, idx)
+        _, idx = get_str(data, idx)        # storage type
+        dtype, idx = get_str(data, idx)
+        ndim, idx = get_int(data, idx)
+        shape = []
+        for _ in range(ndim):
+            dim, idx = get_long(data, idx)
+            shape.append(dim)
+        layout, idx = get_int(data, idx)
+        idx += 2 * layout
+        order, idx = get_byte_as_int(data, idx)
+        length, idx = get_int(data, idx)
+        raw, idx = get_bytes(data, idx, length)
+        dt = np.dtype(dtype.lower()).newbyteorder(chr(order))
+        arrays.append(np.frombuffer(raw, dtype=dt).reshape(tuple(shape)))
     return arrays

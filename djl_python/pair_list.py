@@ -5,24 +5,33 @@ from __future__ import annotations
 
 class PairList:
     def __init__(self, keys: list | None = None, values: list | None = None,
-                 pair_list: list | None = None):
+                 pair_list: list | None = None, pair_map: dict | None = None):
         self.keys: list = []
         self.values: list = []
-        if pair_list is not None:
-            for key, value in pair_list:
-                self.add(key, value)
-        elif keys is not None:
+        if keys is not None:
             if values is None or len(keys) != len(values):
-                raise ValueError("keys and values must have the same length")
+                raise ValueError("key value size mismatch.")
             self.keys, self.values = list(keys), list(values)
+        for key, value in pair_list or ():
+            self.add(key, value)
+        for key, value in (pair_map or {}).items():
+            self.add(key, value)
 
-    def add(self, key=None, value=None, index: int | None = None) -> None:
+    def add(self, key=None, value=None, index: int | None = None, pair: tuple | None = None):
+        if pair is not None:
+            key, value = pair
         if index is None:
             self.keys.append(key)
             self.values.append(value)
         else:
             self.keys.insert(index, key)
             self.values.insert(index, value)
+
+    def add_all(self, other) -> None:
+        """Append every pair of another PairList, a dict or an iterable of pairs."""
+        pairs = other.items() if isinstance(other, dict) else other or ()
+        for key, value in pairs:
+            self.add(key, value)
 
     def size(self) -> int:
         return len(self.keys)
