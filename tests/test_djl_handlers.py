@@ -165,6 +165,17 @@ def test_async_none_error_and_exception(async_server):
     assert ok.status_code == 200
 
 
+def test_binary_encoded_pieces_are_decoded_and_last_ends_the_stream(async_server):
+    whole = requests.post(async_server.url("/invocations"),
+                          json={"action": "binary", "text": "héllo"}, timeout=30)
+    assert whole.status_code == 200, whole.text
+    assert whole.json() == {"echo": "héllo"}
+    streamed = requests.post(async_server.url("/invocations"),
+                             json={"action": "binary_stream", "count": 4}, timeout=30)
+    assert streamed.status_code == 200
+    assert streamed.text == "<0><1><2><3>"
+
+
 def test_client_disconnect_cancels_the_async_task(async_server, tmp_path):
     marker = tmp_path / "cancelled"
     response = requests.post(async_server.url("/invocations"),
@@ -320,3 +331,71 @@ def test_adapter_list_pages(adapter_server, tmp_path):
     assert seen == sorted(seen) and {f"p{i}" for i in range(5)} <= set(seen)
     for index in range(5):
         requests.delete(adapter_server.url(f"/adapters/p{index}"), timeout=30)
+
+
+# 5. stateful sessions ---------------------------------------------------------------------------
+def _runtime(server):
+    import boto3
+
+    return boto3.client("sagemaker-runtime", endpoint_url=server.base, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def _invoke(runtime, body: dict, session: str | None = None):
+    kwargs = {"SessionId": session} if session else {}
+    return runtime.invoke_endpoint(EndpointName="local", Body=json.dumps(body),
+                                   ContentType="application/json", **kwargs)
+
+
+def test_handler_sessions_through_boto3(tmp_path, serve_factory):
+    directory = djl_handler_dir(tmp_path, "stateful",
+                                f"option.sessions_path={tmp_path / 'sessions'}\n")
+    server = serve_factory(directory).start()
+    runtime = _runtime(server)
+    opened = _invoke(runtime, {"requestType": "NEW_SESSION"}, "NEW_SESSION")
+    session_id = opened["NewSessionId"].split(";")[0]
+    assert (tmp_path / "sessions" / session_id).is_dir()
+    for turn in (1, 2, 3):
+        answer = json.loads(_invoke(runtime, {"text": f"t{turn}"}, session_id)["Body"].read())
+        assert answer == {"turns": turn, "said": f"t{turn}"}
+    closed = _invoke(runtime, {"requestType": "CLOSE"}, session_id)
+    assert closed["ClosedSessionId"] == session_id
+    assert not (tmp_path / "sessions" / session_id).exists()
+    with pytest.raises(runtime.exceptions.ModelError) as error:
+        _invoke(runtime, {"text": "again"}, session_id)
+    assert error.value.response["OriginalStatusCode"] == 400
+
+
+def test_llm_sessions_open_use_close_and_reuse_the_prefix_cache(tmp_path, serve_factory):
+    from tiny_models import build_model
+
+    model = build_model(tmp_path / "llama", "llama")
+    (model / "serving.properties").write_text(
+        f"option.sessions_path={tmp_path / 'sessions'}\noption.sessions_expiration=600\n"
+        "option.num_kv_blocks=64\noption.kv_block_size=8\n")
+    server = serve_factory(model).start()
+    runtime = _runtime(server)
+    opened = _invoke(runtime, {"requestType": "NEW_SESSION"}, "NEW_SESSION")
+    session_id, _, expires = opened["NewSessionId"].partition(";")
+    assert expires.strip().startswith("Expires=20")
+    assert json.loads(opened["Body"].read()) == {"result": f"Session {session_id} created"}
+
+    history = "def resolve_model_dir(config): return config.model_dir if config else None"
+    first = json.loads(_invoke(runtime, {"inputs": history, "parameters": {
+        "max_new_tokens": 4, "details": True}}, session_id)["Body"].read())
+    second = json.loads(_invoke(runtime, {"inputs": history + first["generated_text"],
+                                          "parameters": {"max_new_tokens": 4, "details": True}},
+                                session_id)["Body"].read())
+    assert second["details"]["cached_tokens"] >= 8, second["details"]
+
+    with pytest.raises(runtime.exceptions.ModelError) as unknown:
+        _invoke(runtime, {"inputs": "x"}, "00000000-0000-0000-0000-000000000000")
+    assert unknown.value.response["OriginalStatusCode"] == 400
+    assert "SessionNotFound" in unknown.value.response["OriginalMessage"]
+
+    closed = _invoke(runtime, {"requestType": "CLOSE"}, session_id)
+    assert closed["ClosedSessionId"] == session_id
+    with pytest.raises(runtime.exceptions.ModelError):
+        _invoke(runtime, {"inputs": "x"}, session_id)
+    plain = requests.post(server.url("/invocations"), json={"inputs": "x"}, timeout=30)
+    assert plain.status_code == 200

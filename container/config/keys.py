@@ -130,6 +130,14 @@ register(
     Key("option.quantize", None,
         "Weight quantization. Native engine: none. DeepSpeed: dynamic_int8, smoothquant. "
         "TensorRT-LLM: awq, smoothquant, fp8.", values.text),
+    Key("option.enable_stateful_sessions", "true",
+        "SageMaker stateful sessions (SessionId on InvokeEndpoint): the built-in LLM handler "
+        "opens and closes sessions; handlers get SessionManager.", values.boolean),
+    Key("option.sessions_path", None,
+        "Where session files live. Unset: /dev/shm/djl_sessions (a temporary directory where "
+        "/dev/shm is missing).", values.non_empty_text),
+    Key("option.sessions_expiration", "1200", "Seconds a session stays valid after it opens.",
+        values.number(0, exclusive_minimum=True)),
     Key("option.output_formatter", None,
         "Response format: json (default), jsonlines (default when stream=true) or sse.",
         values.choice("json", "jsonlines", "sse")),

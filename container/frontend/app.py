@@ -15,6 +15,7 @@ from ..errors import ServingError
 from ..metrics import metrics
 from ..workers.rundir import RunDir
 from . import handler_proxy
+from .llm_sessions import LlmSessions
 from .metrics_route import register_metrics_route
 from .engine_client import get_client
 from .http_utils import INFERENCE_ID_HEADER, error_response, json_response, request_id
@@ -138,10 +139,15 @@ def create_app(run_dir: str) -> Flask:
                                f"{config.model_name!r}")
 
     # inference ----------------------------------------------------------------------------
+    sessions = LlmSessions(config)
+
     def invoke():
         if model_kind() == "llm":
             from . import llm_routes
 
+            answered = sessions.intercept()
+            if answered is not None:
+                return answered
             return llm_routes.invocations(client(), config, g.request_id)
         return handler_proxy.invoke_handler(client(), g.request_id, predict_timeout,
                                             allow_handler_override)

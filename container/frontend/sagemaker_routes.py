@@ -32,6 +32,10 @@ VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 STREAM_CONTENT_TYPE_HEADER = "X-Amzn-SageMaker-Content-Type"
 DEFAULT_VARIANT = "AllTraffic"
+SESSION_HEADER = "X-Amzn-SageMaker-Session-Id"
+NEW_SESSION_HEADER = "X-Amzn-SageMaker-New-Session-Id"
+CLOSED_SESSION_HEADER = "X-Amzn-SageMaker-Closed-Session-Id"
+SESSION_CLOSED_FLAG = "X-Amzn-SageMaker-Session-Closed"
 # SageMaker's endpoint-name rule.
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 # Headers of the container's answer that the outer response must not copy.
@@ -77,6 +81,21 @@ def _copy_headers(source: Response, target: Response, skip: set[str]) -> None:
         if name.lower() not in _NOT_COPIED | skip:
             target.headers[name] = value
     target.headers[VARIANT_HEADER] = request.headers.get(TARGET_VARIANT_HEADER, DEFAULT_VARIANT)
+    _session_headers(source, target)
+
+
+def _session_headers(source: Response, target: Response) -> None:
+    """As SageMaker's runtime answers InvokeEndpoint(SessionId=...): the container's
+    `X-Amzn-SageMaker-Session-Id: <id>; Expires=...` on a new session becomes NewSessionId, and
+    a closed session (the Closed-Session-Id header, or DJL's `X-Amzn-SageMaker-Session-Closed:
+    true`) becomes ClosedSessionId."""
+    asked = (request.headers.get(SESSION_HEADER) or "").strip()
+    opened = source.headers.get(SESSION_HEADER)
+    if opened and opened.split(";")[0].strip() != asked:
+        target.headers[NEW_SESSION_HEADER] = opened
+    if (source.headers.get(SESSION_CLOSED_FLAG, "").lower() == "true"
+            and CLOSED_SESSION_HEADER not in source.headers and asked):
+        target.headers[CLOSED_SESSION_HEADER] = asked
 
 
 def invoke_endpoint(invoke, name: str) -> Response:

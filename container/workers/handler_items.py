@@ -48,9 +48,9 @@ def piece_from_map(item: dict) -> Piece:
 
 def decode_binary_map(value: bytes) -> dict | None:
     """The map of an `Output.binary_encode(...)` value, or None when the value is not one."""
-    from djl_python.outputs import Output
+    from djl_python import Input
 
-    decode = getattr(Output, "binary_decode_map", None)
+    decode = getattr(Input, "binary_decode", None)
     if decode is None:
         return None
     try:

@@ -20,6 +20,14 @@ async def _pieces(count: int, delay: float, marker: str | None):
         raise
 
 
+async def _binary_pieces(count: int):
+    for index in range(count):
+        await asyncio.sleep(0.01)
+        yield Output().add(Output.binary_encode({"data": f"<{index}>",
+                                                 "last": index == count - 1}))
+    yield Output().add(Output.binary_encode({"data": "after the last piece", "last": True}))
+
+
 async def handle(inputs: Input, cl_socket):
     if inputs.is_empty():
         return None
@@ -33,6 +41,13 @@ async def handle(inputs: Input, cl_socket):
     if action == "stream":
         return _pieces(int(request["count"]), float(request.get("delay", 0.05)),
                        request.get("marker"))
+    if action == "binary":
+        # DJL's async-mode answer: the piece as a binary-encoded map of data and last
+        answer = Output().add(Output.binary_encode(
+            {"data": json.dumps({"echo": request["text"]}), "last": True}))
+        return answer.add_property("content-type", "application/json")
+    if action == "binary_stream":
+        return _binary_pieces(int(request["count"]))
     if action == "none":
         return None
     if action == "fail":
