@@ -21,6 +21,7 @@ from pathlib import Path
 from .config.loader import ServingConfig, load_config
 from .errors import StartupError
 from .logging_setup import setup_logging
+from .model_manager import ModelManager
 from .metrics import prepare_multiprocess_dir
 from .workers.launcher import placement_note
 from .workers.rundir import RunDir
@@ -94,6 +95,7 @@ class Server:
         prepare_multiprocess_dir(self.run_dir.path)   # before any process that records metrics
         self.run_dir.write_atomic(self.run_dir.config_path, config.to_json())
         self.supervisor = Supervisor(config, self.run_dir)
+        self.models = ModelManager(config, self.run_dir)
         self.frontend: subprocess.Popen | None = None
         self.stopping = False
 
@@ -115,6 +117,7 @@ class Server:
             self.supervisor.start()
             while not self.stopping:
                 self.supervisor.poll()
+                self.models.poll()
                 if self.frontend.poll() is not None:
                     raise StartupError(f"the HTTP front end exited with code "
                                        f"{self.frontend.returncode} (see the log above)",
@@ -140,6 +143,7 @@ class Server:
                 self.frontend.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.frontend.kill()
+        self.models.stop()
         self.supervisor.stop()
         self.listener.close()
         shutil.rmtree(self.run_dir.path, ignore_errors=True)

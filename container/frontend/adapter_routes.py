@@ -39,16 +39,17 @@ def _page() -> tuple[int, int]:
         raise bad_request("limit and next_page_token must be integers") from None
 
 
-def register_adapter_routes(app, client, check_model_name, model_kind, reply_timeout) -> None:
-    def send(action: str, name: str = "", properties: dict | None = None,
-             page: tuple[int, int] = (100, 0)) -> Response:
+def register_adapter_routes(app, router, reply_timeout) -> None:
+    def send(model_name: str | None, action: str, name: str = "",
+             properties: dict | None = None, page: tuple[int, int] = (100, 0)) -> Response:
         from .handler_proxy import _first_reply
 
-        if model_kind() == "llm":
+        model = router.default if model_name is None else router.get(model_name)
+        if model.kind() == "llm":
             raise ServingError(501, "AdaptersNotSupported",
                                "the native LLM engine does not serve LoRA adapters yet; "
                                "adapters work with model.py handlers")
-        engine = client()
+        engine = model.client
         request_id = engine_request_id(request.headers.get("X-Request-Id", "adapter"))
         message = protocol.AdapterRequest(request_id, engine.ready_generation(), action, name,
                                           properties or {}, page[0], page[1], time.time())
@@ -59,30 +60,21 @@ def register_adapter_routes(app, client, check_model_name, model_kind, reply_tim
             engine.release(request_id)
         return Response(reply.body, status=reply.code, mimetype="application/json")
 
-    def model(model_name: str | None) -> None:
-        if model_name is not None:
-            check_model_name(model_name)
-
     def register(model_name=None):
-        model(model_name)
         arguments = _arguments()
-        return send("register", arguments.pop("name", ""), arguments)
+        return send(model_name, "register", arguments.pop("name", ""), arguments)
 
     def listing(model_name=None):
-        model(model_name)
-        return send("list", page=_page())
+        return send(model_name, "list", page=_page())
 
     def describe(adapter: str, model_name=None):
-        model(model_name)
-        return send("describe", adapter)
+        return send(model_name, "describe", adapter)
 
     def update(adapter: str, model_name=None):
-        model(model_name)
-        return send("update", adapter, _arguments())
+        return send(model_name, "update", adapter, _arguments())
 
     def unregister(adapter: str, model_name=None):
-        model(model_name)
-        return send("unregister", adapter)
+        return send(model_name, "unregister", adapter)
 
     for prefix in ("/models/<model_name>", ""):
         app.add_url_rule(f"{prefix}/adapters", f"adapters_register{prefix}", register,

@@ -16,6 +16,8 @@ from ..metrics import metrics
 from ..workers.rundir import RunDir
 from . import handler_proxy
 from .llm_sessions import LlmSessions
+from .management_routes import register_management_routes
+from .served_models import ModelRouter
 from .metrics_route import register_metrics_route
 from .engine_client import get_client
 from .http_utils import INFERENCE_ID_HEADER, error_response, json_response, request_id
@@ -33,11 +35,10 @@ def create_app(run_dir: str) -> Flask:
     allow_handler_override = os.environ.get(
         handler_proxy.ALLOW_HANDLER_OVERRIDE_ENV, "").strip().lower() in ("1", "true", "yes")
 
+    router = ModelRouter(run, config)
+
     def client():
         return get_client(run)
-
-    def model_kind() -> str:
-        return client().model_info().get("kind", "handler")
 
     # bookkeeping --------------------------------------------------------------------------
     @app.before_request
@@ -97,59 +98,23 @@ def create_app(run_dir: str) -> Flask:
         return json_response({"status": "Unhealthy", "state": status.state,
                               "message": status.message}, 503)
 
-    def describe() -> dict:
-        status = client().status.get()
-        return {
-            "modelName": config.model_name,
-            "modelUrl": config.option("model_id") or config.model_dir,
-            "engine": config.engine,
-            "engineKind": config.engine_kind,
-            "tensorParallelDegree": config.tensor_parallel_degree,
-            "batchSize": config.setting("batch_size"),
-            "maxBatchDelay": config.setting("max_batch_delay"),
-            "jobQueueSize": config.setting("job_queue_size"),
-            "status": "Healthy" if status.ready else "Unhealthy",
-            "workerState": status.state,
-            "workerRestarts": status.restarts,
-            "workers": [{"id": status.generation, "pid": status.model.get("pid"),
-                         "ranks": status.model.get("ranks"),
-                         "rankPids": status.model.get("rank_pids"), "status": status.state}],
-        }
-
-    @app.get("/models")
-    def list_models():
-        status = client().status.get()
-        return json_response({"models": [{
-            "modelName": config.model_name,
-            "modelUrl": config.option("model_id") or config.model_dir,
-            "status": "Healthy" if status.ready else "Unhealthy"}]})
-
-    @app.get("/models/<name>")
-    def describe_model(name: str):
-        check_model_name(name)
-        described = describe()
-        if client().status.get().ready:
-            described["engineStats"] = client().stats()
-        return json_response([described])
-
-    def check_model_name(name: str) -> None:
-        if name != config.model_name:
-            raise ServingError(404, "ModelNotFound",
-                               f"model {name!r} is not served here; this server serves "
-                               f"{config.model_name!r}")
+    register_management_routes(app, router, float(config.setting("model_loading_timeout")))
 
     # inference ----------------------------------------------------------------------------
     sessions = LlmSessions(config)
 
-    def invoke():
-        if model_kind() == "llm":
+    def invoke(model=None):
+        model = model or router.for_request()
+        if model.kind() == "llm":
             from . import llm_routes
 
-            answered = sessions.intercept()
-            if answered is not None:
-                return answered
-            return llm_routes.invocations(client(), config, g.request_id)
-        return handler_proxy.invoke_handler(client(), g.request_id, predict_timeout,
+            if model.entry.default:
+                answered = sessions.intercept()
+                if answered is not None:
+                    return answered
+            return llm_routes.invocations(model.client, model.config, g.request_id)
+        return handler_proxy.invoke_handler(model.client, g.request_id,
+                                            float(model.config.setting("predict_timeout")),
                                             allow_handler_override)
 
     @app.post("/invocations")
@@ -159,8 +124,7 @@ def create_app(run_dir: str) -> Flask:
     @app.post("/predictions/<name>")
     @app.post("/predictions/<name>/<version>")
     def predictions(name: str, version: str | None = None):
-        check_model_name(name)
-        return invoke()
+        return invoke(router.get(name))
 
     from .llm_routes import register_openai_routes
     from .openapi import register_openapi_route
@@ -168,7 +132,7 @@ def create_app(run_dir: str) -> Flask:
 
     from .adapter_routes import register_adapter_routes
 
-    register_adapter_routes(app, client, check_model_name, model_kind, predict_timeout + 10)
+    register_adapter_routes(app, router, predict_timeout + 10)
     register_openai_routes(app, client, config)
     register_sagemaker_routes(app, invoke)
     register_metrics_route(app, client)

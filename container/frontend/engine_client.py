@@ -156,12 +156,38 @@ _client: EngineClient | None = None
 _client_pid: int | None = None
 
 
+_others: dict[str, EngineClient] = {}       # registered models' clients, by run directory
+_others_pid: int | None = None
+
+
 def close_client() -> None:
-    """Close this process's socket so the worker process can exit promptly."""
+    """Close this process's sockets so the worker processes can exit promptly."""
     global _client
     if _client is not None and _client_pid == os.getpid():
         _client.close()
         _client = None
+    if _others_pid == os.getpid():
+        for client in _others.values():
+            client.close()
+    _others.clear()
+
+
+def get_model_client(run_dir: RunDir) -> EngineClient:
+    """The client of a registered model's worker group (one per process, as get_client)."""
+    global _others_pid
+    if _others_pid != os.getpid():
+        _others.clear()                      # forked: the parent's sockets are not ours
+        _others_pid = os.getpid()
+    client = _others.get(str(run_dir.path))
+    if client is None:
+        client = _others[str(run_dir.path)] = EngineClient(run_dir)
+    return client
+
+
+def drop_model_client(run_dir: RunDir) -> None:
+    client = _others.pop(str(run_dir.path), None)
+    if client is not None:
+        client.close()
 
 
 def get_client(run_dir: RunDir) -> EngineClient:

@@ -82,7 +82,8 @@ _MODEL_LIST = {
         "type": "object",
         "properties": {"modelName": {"type": "string"}, "modelUrl": {"type": "string"},
                        "status": {"enum": ["Healthy", "Unhealthy"]}},
-        "required": ["modelName", "status"]}}},
+        "required": ["modelName", "status"]}},
+        "nextPageToken": {"type": "string"}},
     "required": ["models"],
 }
 
@@ -101,6 +102,9 @@ _MODEL_DESCRIPTION = {
             "status": {"enum": ["Healthy", "Unhealthy"]},
             "workerState": {"type": "string"},
             "workerRestarts": {"type": "integer"},
+            "default": {"type": "boolean"},
+            "minWorkers": {"type": "integer"},
+            "maxWorkers": {"type": "integer"},
             "workers": {"type": "array", "items": {
                 "type": "object",
                 "properties": {"id": {"type": "integer"},
@@ -254,7 +258,8 @@ def _responses(*names_by_code: tuple[int, str]) -> dict:
 def _parameters(model_name: str) -> dict:
     return {
         "ModelName": {"name": "model_name", "in": "path", "required": True,
-                      "description": "the served model's name (any other answers 404)",
+                      "description": "a served model's name (the default one listed; models "
+                                     "registered at run time too; any other answers 404)",
                       "schema": {"type": "string", "enum": [model_name]}},
         "ModelVersion": {"name": "model_version", "in": "path", "required": True,
                          "description": "accepted and ignored (one version is served)",
@@ -423,8 +428,13 @@ def build_openapi(config) -> dict:
             llm, "Inference (DJL's route, a version)", ("ModelName", "ModelVersion"),
             not_found=True)},
         "/models": {"get": {
-            "summary": "DJL's model list",
-            "responses": {"200": json_ok("The one served model.", "ModelList"),
+            "summary": "DJL's model list (paged: limit, next_page_token)",
+            "parameters": [{"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "string"}},
+                           {"name": "next_page_token", "in": "query", "required": False,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": json_ok("The served models, default first.", "ModelList"),
+                          "400": {"$ref": "#/components/responses/BadRequest"},
                           **_responses((500, "InternalError"))}}},
         "/models/{model_name}": {"get": {
             "summary": "DJL's model description",
@@ -456,8 +466,13 @@ def build_openapi(config) -> dict:
     }
     from .openapi_adapters import SCHEMAS as ADAPTER_SCHEMAS, adapter_paths
 
+    from .openapi_management import SCHEMAS as MANAGEMENT_SCHEMAS, management_operations
+
     paths.update(adapter_paths())
     schemas.update(ADAPTER_SCHEMAS)
+    schemas.update(MANAGEMENT_SCHEMAS)
+    for path, operations in management_operations().items():
+        paths[path].update(operations)
     return {
         "openapi": "3.1.0",
         "info": {
