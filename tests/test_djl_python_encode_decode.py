@@ -135,3 +135,9 @@ def test_output_add_as_string_and_finalize_result():
     assert out.content.value_at(0) == "é".encode()
     assert Output().execute_finalize() is None
     assert Output().finalize(pow, 2, 5).execute_finalize() == 32
+
+
+def test_printing_an_input_shows_decoded_content_and_survives_bad_bodies():
+    good = request(b'{"a": 1}', "application/json")
+    assert str(good) == "properties: {'Content-Type': 'application/json'}\ndata: {'a': 1}"
+    assert str(request(b"{not json", "application/json")).endswith("data: <9 bytes>")
