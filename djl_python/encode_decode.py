@@ -75,10 +75,10 @@ def decode(inputs: Input, content_type: str | None = None, key: str | None = Non
         if not inputs.get_as_bytes(key=key):
             return {"inputs": ""}
         return inputs.get_as_json(key=key)
+    if media in JSONLINES_TYPES:    # before JSON: "application/jsonlines" contains it
+        return {"inputs": decode_jsonlines(inputs, key=key)}
     if "application/json" in media:
         return inputs.get_as_json(key=key)
-    if media in JSONLINES_TYPES:
-        return {"inputs": decode_jsonlines(inputs, key=key)}
     if "text/csv" in media:
         if require_csv_headers:
             return decode_csv(inputs)
@@ -105,12 +105,12 @@ def encode(outputs: Output, prediction, content_type: str | None = None,
     Types DJL does not name as text fall back to its binary NDList ("tensor/ndlist").
     """
     media = _media_type(content_type)
-    if not media or media == "*/*" or "application/json" in media:
-        outputs.add_as_json(prediction, key=key)
-        outputs.add_property("Content-Type", "application/json")
-    elif media in JSONLINES_TYPES:
+    if media in JSONLINES_TYPES:    # before JSON: "application/jsonlines" contains it
         outputs.add_as_string(encode_jsonlines(prediction), key=key)
         outputs.add_property("Content-Type", media)
+    elif not media or media == "*/*" or "application/json" in media:
+        outputs.add_as_json(prediction, key=key)
+        outputs.add_property("Content-Type", "application/json")
     elif "text/csv" in media:
         outputs.add_as_string(encode_csv(prediction), key=key)
         outputs.add_property("Content-Type", "text/csv")
