@@ -41,7 +41,8 @@ setup(
                  "schemathesis>=4.32,<5", "openapi-spec-validator>=0.7",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # the GPU kernels' tests run on CPU through Triton's interpreter
-                 "triton>=3.1", "matplotlib>=3.8"],
+                 "triton>=3.1", "matplotlib>=3.8",
+                 "Pillow>=10"],          # djl_python images (get_as_image, encode_decode)
     },
     entry_points={"console_scripts": ["serve=container.cli:main"]},
 )
