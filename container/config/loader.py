@@ -126,10 +126,37 @@ def _validate_common_options(values: dict[str, str], sources: dict[str, str]) ->
                 raise _invalid(key.name, raw, str(exc), sources) from None
 
 
+def only_formatters(model_py: Path, handler_name: str) -> bool:
+    """True for a model.py of LMI custom formatters (@input_formatter / @output_formatter)
+    with no handler of its own: the built-in engine serves the model and uses them. Read with
+    ast, so no user code runs while the configuration is read."""
+    import ast
+
+    try:
+        tree = ast.parse(model_py.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    functions = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    names = {f.name for f in functions}
+    if names & {handler_name, "model_fn", "predict_fn"}:
+        return False
+
+    def marked(function) -> bool:
+        for decorator in function.decorator_list:
+            name = getattr(decorator, "id", None) or getattr(decorator, "attr", None)
+            if name in ("input_formatter", "output_formatter"):
+                return True
+        return False
+    return any(marked(f) for f in functions)
+
+
 def _infer_engine_kind(model_dir: Path, values: dict[str, str], engine: str | None) -> str:
     rolling = keys.lookup("option.rolling_batch").parse(values.get("option.rolling_batch", "auto"))
     entry_point = values.get("option.entryPoint")
-    if entry_point or (model_dir / "model.py").is_file():
+    model_py = model_dir / "model.py"
+    formatters_only = (not entry_point and model_py.is_file()
+                       and only_formatters(model_py, values.get("option.handler", "handle")))
+    if (entry_point or model_py.is_file()) and not formatters_only:
         return "handler"
     if engine == "DeepSpeed" or rolling == "deepspeed":
         return "deepspeed"
