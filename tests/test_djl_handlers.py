@@ -399,3 +399,56 @@ def test_llm_sessions_open_use_close_and_reuse_the_prefix_cache(tmp_path, serve_
         _invoke(runtime, {"inputs": "x"}, session_id)
     plain = requests.post(server.url("/invocations"), json={"inputs": "x"}, timeout=30)
     assert plain.status_code == 200
+
+
+# 8. LMI custom formatters -------------------------------------------------------------------------
+def test_lmi_custom_formatters_reshape_the_built_in_llm(tmp_path, serve_factory):
+    from conftest import HANDLERS
+    from tiny_models import build_model
+
+    model = build_model(tmp_path / "llama", "llama")
+    (model / "model.py").write_text((HANDLERS / "djl" / "formatters.py").read_text())
+    (model / "serving.properties").write_text("option.num_kv_blocks=64\n")
+    server = serve_factory(model).start()
+    assert "native" in requests.get(server.url(f"/models/{server.model_name()}"),
+                                    timeout=30).json()[0]["engineKind"]
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    reference = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    ids = tokenizer("def resolve_model_dir(config):", return_tensors="pt").input_ids
+    with torch.no_grad():
+        generated = reference.generate(ids, max_new_tokens=5, do_sample=False,
+                                       min_new_tokens=5)
+    expected = generated[0, ids.shape[1]:].tolist()
+    lines = [json.loads(line) for line in requests.post(
+        server.url("/invocations"), timeout=60,
+        json={"question": "def resolve_model_dir(config):", "length": 5}).text.splitlines()]
+    assert len(lines) == 5 and lines[0]["first"] and not any(x["first"] for x in lines[1:])
+    assert lines[-1]["finish"] == "length" and all("finish" not in x for x in lines[:-1])
+    assert [x["id"] for x in lines] == expected
+    with requests.post(server.url("/invocations"), timeout=60, stream=True,
+                       json={"question": "x", "length": 3, "stream": True}) as streamed:
+        assert len(list(streamed.iter_lines())) == 3
+    refused = requests.post(server.url("/invocations"), json={"inputs": "x"}, timeout=30)
+    assert refused.status_code == 400 and "custom_input" in refused.json()["message"]
+
+
+# 2. test_model from the command line -----------------------------------------------------------
+def test_djl_test_model_runs_a_suite_handler_without_a_server(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    directory = djl_handler_dir(tmp_path, "request_model")
+    done = subprocess.run(
+        [sys.executable, "-m", "djl_python.test_model", "--model-dir", str(directory),
+         "--input", "tag=first", "hello", "--parameters", "Content-Type=text/plain"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.strip().splitlines()[-1]             # "<key>: <content>"
+    described = json.loads(printed.partition(": ")[2])
+    assert described["entries"] == [["tag", "first"], [None, "hello"]]   # DJL's unkeyed input
+    assert described["properties"]["Content-Type"] == "text/plain"

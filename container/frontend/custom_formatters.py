@@ -122,7 +122,7 @@ def _to_bytes(value) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-def formatted_lmi(ctx, payload: dict, request_id: str) -> Response:
+def formatted_lmi(ctx, payload: dict, request_id: str, function) -> Response:
     """The LMI route with the output formatter writing the body."""
     from . import llm_routes
     from .schemas import LmiRequest, validate
@@ -136,7 +136,7 @@ def formatted_lmi(ctx, payload: dict, request_id: str) -> Response:
     ctx.check_length(ids, params.max_new_tokens, "inputs")
     generation = ctx.generation(request_id, ids, llm_routes._lmi_sampling(params),
                                 params.stop_sequences).start()
-    steps = formatted_steps(ctx.formatters.output_formatter, req.inputs,
+    steps = formatted_steps(function, req.inputs,
                             payload.get("parameters") or {}, generation)
     if not req.stream:
         return Response(b"".join(steps), mimetype="application/json")

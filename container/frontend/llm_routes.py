@@ -366,8 +366,15 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
 
 # routing -----------------------------------------------------------------------------------------
 def invocations(client: EngineClient, config, request_id: str) -> Response:
+    from .custom_formatters import formatted_lmi, formatted_payload, load_formatters
+
     ctx = LlmContext(client, config)
     payload = parse_json_body(request.get_data(cache=False))
+    formatters = load_formatters(config.model_dir)
+    payload = formatted_payload(formatters, payload, ctx.tokenizer)
+    if (formatters.output_formatter and isinstance(payload, dict) and "inputs" in payload
+            and "messages" not in payload):
+        return formatted_lmi(ctx, payload, request_id, formatters.output_formatter)
     if isinstance(payload, dict) and "messages" in payload:
         sse = (config.option("output_formatter") == "sse")
         return chat(ctx, payload, request_id, sse=sse)
