@@ -48,8 +48,8 @@ def build_tokenizer(directory: Path, vocab_size: int = 800):
 
 def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
                 max_positions: int = 512, **overrides) -> Path:
-    """Save a tiny random model of the given family (llama | qwen2 | mistral | opt) with
-    tokenizer."""
+    """Save a tiny random model of the given family (llama | qwen2 | mistral | mistral-sliding |
+    qwen3 | qwen3-moe | mixtral | falcon | gpt2 | opt) with tokenizer."""
     import torch
     import transformers
 
@@ -75,6 +75,38 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
     elif architecture == "mistral":
         config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=None, **common)
         cls = transformers.MistralForCausalLM
+    elif architecture == "mistral-sliding":     # a window shorter than the prompts
+        config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=8, **common)
+        cls = transformers.MistralForCausalLM
+    elif architecture == "qwen3":
+        config = transformers.Qwen3Config(rope_theta=1000000.0, head_dim=32, **common)
+        cls = transformers.Qwen3ForCausalLM
+    elif architecture == "qwen3-moe":
+        config = transformers.Qwen3MoeConfig(
+            rope_theta=1000000.0, head_dim=16, num_experts=8, num_experts_per_tok=2,
+            moe_intermediate_size=48, norm_topk_prob=True, decoder_sparse_step=1,
+            mlp_only_layers=[], **common)
+        cls = transformers.Qwen3MoeForCausalLM
+    elif architecture == "mixtral":
+        config = transformers.MixtralConfig(rope_theta=1000000.0, num_local_experts=4,
+                                            num_experts_per_tok=2, sliding_window=None, **common)
+        cls = transformers.MixtralForCausalLM
+    elif architecture == "falcon":     # not native: served through transformers
+        config = transformers.FalconConfig(
+            vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
+            num_hidden_layers=common["num_hidden_layers"],
+            num_attention_heads=common["num_attention_heads"], new_decoder_architecture=False,
+            multi_query=True, parallel_attn=True, bias=False, alibi=False,
+            initializer_range=common["initializer_range"], eos_token_id=eos, bos_token_id=None,
+            pad_token_id=0)
+        cls = transformers.FalconForCausalLM
+    elif architecture == "gpt2":       # not native either
+        config = transformers.GPT2Config(
+            vocab_size=common["vocab_size"], n_embd=common["hidden_size"],
+            n_layer=common["num_hidden_layers"], n_head=common["num_attention_heads"],
+            n_positions=max_positions, initializer_range=common["initializer_range"],
+            eos_token_id=eos, bos_token_id=eos, pad_token_id=0)
+        cls = transformers.GPT2LMHeadModel
     elif architecture == "opt":      # the seeds' OPT-30B family: learned positions, no GQA
         config = transformers.OPTConfig(
             vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],

@@ -16,7 +16,7 @@ import torch
 
 from .layers.attention import AttentionMetadata
 from .model_config import ModelConfig
-from .models.llama import LlamaForCausalLM
+from .models import model_class
 from .parallel import TensorParallel
 from .scheduler import ScheduledSeq
 from .weights import load_weights
@@ -138,7 +138,7 @@ class ModelRunner:
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                self.model = LlamaForCausalLM(model_config, max_model_len, tp)
+                self.model = model_class(model_config)(model_config, max_model_len, tp)
         finally:
             torch.set_default_dtype(torch.float32)
         load_weights(self.model, weights)

@@ -113,9 +113,6 @@ class NativeService:
             self.plan_channel = PlanChannel()
             tp = TensorParallel(dist.rank, dist.world_size, _small_all_reduce(device))
         max_len = self.options.max_model_len or model_config.max_position_embeddings
-        if model_config.sliding_window and model_config.sliding_window < max_len:
-            log.info("capping max_model_len at the sliding window (%d)", model_config.sliding_window)
-            max_len = model_config.sliding_window
         dtype = resolve_dtype(self.options.dtype, model_config.torch_dtype, device)
         started = time.monotonic()
         try:

@@ -43,12 +43,15 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 class TorchPagedAttention:
-    """Reference backend: correct for any mix of prefill chunks and decodes."""
+    """Reference backend: correct for any mix of prefill chunks and decodes.
+
+    window: a query at position p sees keys p - window + 1 .. p only (sliding window)."""
 
     name = "torch"
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, window: int | None = None):
         self.scale = scale
+        self.window = window
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -76,7 +79,10 @@ class TorchPagedAttention:
         keys = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)      # [B, Hk, L, D]
         values = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
         length = keys.shape[2]
-        visible = torch.arange(length, device=q.device)[None, :] < meta.seq_lens[:, None]
+        keys_at = torch.arange(length, device=q.device)[None, :]
+        visible = keys_at < meta.seq_lens[:, None]
+        if self.window:
+            visible &= keys_at >= meta.seq_lens[:, None] - self.window
         out = F.scaled_dot_product_attention(
             q.unsqueeze(2), keys, values, attn_mask=visible[:, None, None, :],
             scale=self.scale, enable_gqa=True)
@@ -85,10 +91,13 @@ class TorchPagedAttention:
     def _attend(self, q, keys, values, seq_len):
         n = q.shape[0]
         mask = None
-        if n > 1:
+        if n > 1 or self.window:
             # query i sits at position seq_len - n + i and sees keys 0..that position
             rows = torch.arange(seq_len - n, seq_len, device=q.device).unsqueeze(1)
-            mask = torch.arange(seq_len, device=q.device).unsqueeze(0) <= rows
+            keys_at = torch.arange(seq_len, device=q.device).unsqueeze(0)
+            mask = keys_at <= rows
+            if self.window:
+                mask &= keys_at > rows - self.window
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
             attn_mask=mask, scale=self.scale, enable_gqa=True)
@@ -101,14 +110,16 @@ class TritonPagedAttention:
 
     name = "triton"
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, window: int | None = None):
         self.scale = scale
+        self.window = window or 0
 
     def __call__(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata):
         from ..kernels.paged_attention import paged_decode, paged_prefill
 
         if meta.decode_only:
             return paged_decode(q, kv_cache, meta.block_tables, meta.seq_lens, self.scale,
-                                meta.decode_splits, meta.workspace)
+                                meta.decode_splits, meta.workspace, window=self.window)
         return paged_prefill(q, kv_cache, meta.block_tables, meta.seq_lens,
-                             meta.query_start_loc, meta.max_query_len, self.scale)
+                             meta.query_start_loc, meta.max_query_len, self.scale,
+                             window=self.window)
