@@ -1,5 +1,5 @@
 """Model families of the native engine (Qwen3, Llama 3.2 tied, Qwen2.5, Mistral sliding window,
-Mixtral, Qwen3-MoE) and the transformers path for every other architecture (Falcon, GPT-2),
+Mixtral, Qwen3-MoE, Gemma 2, Gemma 3) and the transformers path for every other architecture (Falcon, GPT-2),
 each a tiny random checkpoint made with transformers' own config classes, against transformers'
 generate on the same weights (greedy, fp32): in-process under preemption and chunked prefill,
 at TP=2 over gloo, and through `serve` over HTTP."""
@@ -34,6 +34,8 @@ NATIVE = {   # family -> build_model arguments
     "mistral-sliding-window": ("mistral-sliding", {}),
     "qwen3-moe": ("qwen3-moe", {}),
     "mixtral": ("mixtral", {}),
+    "gemma2": ("gemma2", {}),
+    "gemma3": ("gemma3", {}),
 }
 
 
@@ -83,9 +85,14 @@ def test_native_family_matches_transformers(models, family):
     assert_matches_transformers(engine, model_dir, config.vocab_size)
 
 
-def test_mistral_window_is_honoured(models):
+def test_windows_and_rotary_bases_are_read(models):
     config = ModelConfig.from_dir(models("mistral-sliding-window"))
     assert config.attention_kinds == ["sliding(8)", "sliding(8)"]   # prompts run to 60 tokens
+    gemma3 = ModelConfig.from_dir(models("gemma3"))
+    assert gemma3.attention_kinds == ["sliding(8)", "sliding(8)", "full"]
+    assert (gemma3.rope_theta, gemma3.local_rope_theta) == (1000000.0, 10.0)
+    gemma2 = ModelConfig.from_dir(models("gemma2"))
+    assert (gemma2.attention_softcap, gemma2.final_softcap) == (5.0, 3.0)
 
 
 def test_layer_windows_follow_layer_types():
@@ -124,7 +131,7 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("family", ["qwen3", "qwen3-moe"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3-moe"])
 def test_tp2_matches_transformers(models, family, tmp_path):
     model_dir = models(family)
     out = tmp_path / "tp2.json"

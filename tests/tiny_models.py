@@ -91,6 +91,20 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
         config = transformers.MixtralConfig(rope_theta=1000000.0, num_local_experts=4,
                                             num_experts_per_tok=2, sliding_window=None, **common)
         cls = transformers.MixtralForCausalLM
+    elif architecture == "gemma2":
+        config = transformers.Gemma2Config(
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0, **{**common, "tie_word_embeddings": True})
+        cls = transformers.Gemma2ForCausalLM
+    elif architecture == "gemma3":
+        config = transformers.Gemma3TextConfig(
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                             "full_attention": {"rope_type": "default",
+                                                "rope_theta": 1000000.0}},
+            **{**common, "tie_word_embeddings": True, "num_hidden_layers": 3})
+        cls = transformers.Gemma3ForCausalLM
     elif architecture == "falcon":     # not native: served through transformers
         config = transformers.FalconConfig(
             vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
@@ -120,6 +134,12 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
         raise ValueError(architecture)
     torch.manual_seed(seed)
     model = cls(config).eval()
+    if architecture in ("qwen3", "qwen3-moe", "gemma2", "gemma3"):
+        # norms start at 1 (or Gemma's 0): random ones make each norm's weight count
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.normal_(0.0, 0.3)
     model.save_pretrained(directory)
     return directory
 

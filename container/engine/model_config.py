@@ -20,7 +20,11 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": ("qwen3", {"qk_norm": True}),
     "MixtralForCausalLM": ("moe", {}),
     "Qwen3MoeForCausalLM": ("moe", {"qk_norm": True}),
+    "Gemma2ForCausalLM": ("gemma", {}),
+    "Gemma3ForCausalLM": ("gemma", {"qk_norm": True}),
 }
+
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 
 class NotNativeArchitecture(StartupError):
@@ -68,6 +72,11 @@ class ModelConfig:
     qk_norm: bool = False                  # RMSNorm per head on q and k (Qwen3)
     layer_windows: list[int | None] = field(default_factory=list)
     moe: dict | None = None                # experts of MoE families (models/moe.py reads it)
+    local_rope_theta: float | None = None  # sliding layers' own rotary base (Gemma 3)
+    local_rope_scaling: dict | None = None
+    attention_scale: float | None = None   # None: head_dim ** -0.5 (Gemma: query_pre_attn_scalar)
+    attention_softcap: float | None = None  # cap * tanh(score / cap) (Gemma 2)
+    final_softcap: float | None = None     # the same on the logits (Gemma 2)
 
     @property
     def attention_kinds(self) -> list[str]:
@@ -93,23 +102,24 @@ class ModelConfig:
             raise NotNativeArchitecture(
                 f"architecture {architectures or raw.get('model_type')} is not supported by the "
                 f"native engine; supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama 2/3/3.1, "
-                "Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE). Other models: write a model.py handler or use engine=DeepSpeed")
-        hidden_act = raw.get("hidden_act", "silu")
-        if hidden_act != "silu":
-            raise NotNativeArchitecture(f"hidden_act={hidden_act!r} is not supported by the native engine "
-                               "(silu only)")
+                "Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE, Gemma 2/3). Other models: write a model.py "
+                "handler or use engine=DeepSpeed")
+        hidden_act = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
+        if hidden_act not in ACTIVATIONS:
+            raise NotNativeArchitecture(f"hidden_act={hidden_act!r} is not supported by the "
+                                        f"native engine ({', '.join(ACTIVATIONS)})")
         if raw.get("mlp_bias"):
             raise NotNativeArchitecture("mlp_bias=true is not supported by the native engine")
         heads = int(raw["num_attention_heads"])
         hidden = int(raw["hidden_size"])
         rope = dict(raw.get("rope_parameters") or {})
-        scaling = raw.get("rope_scaling") or None
-        rope_theta = float(raw.get("rope_theta", rope.get("rope_theta", 10000.0)))
-        if scaling is None and rope.get("rope_type", "default") != "default":
-            scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-        if scaling is not None:
-            scaling = dict(scaling)
-            scaling.setdefault("rope_type", scaling.get("type", "default"))
+        if "full_attention" in rope:     # Gemma 3 (transformers 5): one set per layer type
+            rope_theta, scaling = _rope(rope["full_attention"], {})
+            local_theta, local_scaling = _rope(rope.get("sliding_attention") or {}, {})
+        else:
+            rope_theta, scaling = _rope(rope, raw)
+            local_theta = raw.get("rope_local_base_freq")    # Gemma 3 as the Hub has it
+            local_scaling = None
         eos = raw.get("eos_token_id")
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         module, traits = SUPPORTED_ARCHITECTURES[architecture]
@@ -127,7 +137,7 @@ class ModelConfig:
             head_dim=int(raw.get("head_dim") or hidden // heads),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope_theta=rope_theta,
-            rope_scaling=scaling if scaling and scaling["rope_type"] != "default" else None,
+            rope_scaling=scaling,
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=bool(raw.get("attention_bias", False)) or traits.get("qkv_bias", False),
@@ -141,7 +151,28 @@ class ModelConfig:
             qk_norm=traits.get("qk_norm", False),
             layer_windows=windows,
             moe=moe_settings(raw) if module == "moe" else None,
+            local_rope_theta=float(local_theta) if local_theta else None,
+            local_rope_scaling=local_scaling,
+            attention_scale=(float(raw["query_pre_attn_scalar"]) ** -0.5
+                             if raw.get("query_pre_attn_scalar") else None),
+            attention_softcap=raw.get("attn_logit_softcapping") or None,
+            final_softcap=raw.get("final_logit_softcapping") or None,
         )
+
+
+def _rope(params: dict, raw: dict) -> tuple[float, dict | None]:
+    """(theta, scaling or None) from `rope_parameters` (transformers 5) or the Hub's
+    `rope_theta` + `rope_scaling` (in `raw`)."""
+    scaling = raw.get("rope_scaling") or None
+    theta = float(raw.get("rope_theta", params.get("rope_theta", 10000.0)))
+    if scaling is None and params.get("rope_type", "default") != "default":
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling is not None:
+        scaling = dict(scaling)
+        scaling.setdefault("rope_type", scaling.get("type", "default"))
+        if scaling["rope_type"] == "default":
+            scaling = None
+    return theta, scaling
 
 
 def moe_settings(raw: dict) -> dict:

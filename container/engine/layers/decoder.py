@@ -22,8 +22,9 @@ from .rotary import RotaryEmbedding
 
 class PagedSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel,
-                 window: int | None = None):
-        """window: this layer sees only the last `window` positions (sliding window)."""
+                 window: int | None = None, unit_offset_norms: bool = False):
+        """window: this layer sees only the last `window` positions (sliding window).
+        unit_offset_norms: q/k norms scale by (1 + w) (Gemma 3)."""
         super().__init__()
         self.head_dim = config.head_dim
         self.window = window
@@ -35,12 +36,14 @@ class PagedSelfAttention(nn.Module):
                                         bias=config.o_bias, tp=tp,
                                         input_piece=self.qkv_proj.q_rows)
         if config.qk_norm:      # Qwen3: RMSNorm over each head's q and k, before rotary
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps,
+                                  unit_offset=unit_offset_norms)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps,
+                                  unit_offset=unit_offset_norms)
         self.rotary = rotary
-        scale = config.head_dim ** -0.5
-        self.torch_backend = TorchPagedAttention(scale, window)
-        self.triton_backend = TritonPagedAttention(scale, window)
+        scale = config.attention_scale or config.head_dim ** -0.5
+        self.torch_backend = TorchPagedAttention(scale, window, config.attention_softcap)
+        self.triton_backend = TritonPagedAttention(scale, window, config.attention_softcap)
 
     @property
     def kind(self) -> str:
@@ -74,10 +77,13 @@ class PagedSelfAttention(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)); gate and up stored as one column-parallel matrix."""
+    """down(act(gate(x)) * up(x)); gate and up stored as one column-parallel matrix.
+    act: silu (SwiGLU) or gelu_pytorch_tanh (GeGLU, Gemma)."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, tp: TensorParallel):
+    def __init__(self, hidden_size: int, intermediate_size: int, tp: TensorParallel,
+                 activation: str = "silu"):
         super().__init__()
+        self.activation = activation
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2,
                                                        tp=tp)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, tp=tp,
@@ -86,11 +92,15 @@ class GatedMLP(nn.Module):
     def forward(self, x):
         gate_up = self.gate_up_proj(x)
         fused = gpu_kernels(x)
-        if fused:
+        if fused and self.activation == "silu":
             activated = fused.silu_and_mul(gate_up)
         else:
             gate, up = gate_up.chunk(2, dim=-1)
-            activated = torch.nn.functional.silu(gate) * up
+            if self.activation == "silu":
+                gate = torch.nn.functional.silu(gate)
+            else:
+                gate = torch.nn.functional.gelu(gate, approximate="tanh")
+            activated = gate * up
         return self.down_proj(activated, reduce=not self.partial_output)
 
     @property

@@ -20,17 +20,25 @@ from ..parallel import SINGLE, TensorParallel
 
 
 class DecoderModel(nn.Module):
+    """Embedding, the layers `build_layer(config, index, rotary, window, tp)` makes, final norm.
+    Sliding layers get their own rotary base when the config has one (Gemma 3)."""
+
     def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel,
-                 build_mlp):
+                 build_layer, embed_scale: float | None = None, unit_offset_norm: bool = False):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.embed_scale = embed_scale
         rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta,
                                  config.rope_scaling)
+        local_rotary = rotary
+        if config.local_rope_theta:
+            local_rotary = RotaryEmbedding(config.head_dim, max_positions,
+                                           config.local_rope_theta, config.local_rope_scaling)
         self.layers = nn.ModuleList(
-            PreNormDecoderLayer(config, PagedSelfAttention(config, rotary, tp, window),
-                                build_mlp(config, index, tp), tp)
+            build_layer(config, index, local_rotary if window else rotary, window, tp)
             for index, window in enumerate(config.layer_windows))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp,
+                            unit_offset=unit_offset_norm)
         self.tp = tp
 
     def forward(self, input_ids, positions, kv_caches, meta):
@@ -38,6 +46,8 @@ class DecoderModel(nn.Module):
         # kernel on the GPU): the embedding and the row-parallel products hand on partial sums.
         partial = self.tp.enabled
         hidden = self.embed_tokens(input_ids, reduce=not partial)
+        if self.embed_scale is not None:     # Gemma: sqrt(hidden), rounded to the dtype
+            hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual, partial = layer(positions, hidden, residual, kv_cache, meta,
@@ -60,14 +70,21 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.tp = tp
-        self.model = DecoderModel(config, max_positions, tp, self.build_mlp)
+        self.model = self.build_model(config, max_positions, tp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def build_model(self, config: ModelConfig, max_positions: int, tp: TensorParallel):
+        return DecoderModel(config, max_positions, tp, self.build_layer)
+
+    def build_layer(self, config: ModelConfig, index: int, rotary, window, tp) -> nn.Module:
+        return PreNormDecoderLayer(config, PagedSelfAttention(config, rotary, tp, window),
+                                   self.build_mlp(config, index, tp), tp)
+
     @staticmethod
     def build_mlp(config: ModelConfig, layer_index: int, tp: TensorParallel) -> nn.Module:
-        return GatedMLP(config.hidden_size, config.intermediate_size, tp)
+        return GatedMLP(config.hidden_size, config.intermediate_size, tp, config.hidden_act)
 
     @property
     def attention_layers(self) -> list[PagedSelfAttention]:
@@ -77,7 +94,9 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        logits = self.lm_head(hidden)
+        cap = self.config.final_softcap
+        return logits if not cap else torch.tanh(logits / cap) * cap     # Gemma 2
 
     def map_checkpoint_name(self, name: str) -> tuple[str, object] | None:
         """Our parameter name and shard id for a checkpoint tensor; None to skip it."""
