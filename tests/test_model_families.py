@@ -1,5 +1,5 @@
 """Model families of the native engine (Qwen3, Llama 3.2 tied, Qwen2.5, Mistral sliding window,
-Mixtral, Qwen3-MoE, Gemma 2, Gemma 3) and the transformers path for every other architecture (Falcon, GPT-2),
+Mixtral, Qwen3-MoE, Gemma 2, Gemma 3, Phi-3 with LongRoPE on part of each head) and the transformers path for every other architecture (Falcon, GPT-2),
 each a tiny random checkpoint made with transformers' own config classes, against transformers'
 generate on the same weights (greedy, fp32): in-process under preemption and chunked prefill,
 at TP=2 over gloo, and through `serve` over HTTP."""
@@ -36,6 +36,7 @@ NATIVE = {   # family -> build_model arguments
     "mixtral": ("mixtral", {}),
     "gemma2": ("gemma2", {}),
     "gemma3": ("gemma3", {}),
+    "phi3-longrope": ("phi3", {}),
 }
 
 
@@ -131,7 +132,7 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3-moe"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3-moe", "phi3-longrope"])
 def test_tp2_matches_transformers(models, family, tmp_path):
     model_dir = models(family)
     out = tmp_path / "tp2.json"
@@ -196,3 +197,55 @@ def test_falcon_through_serve_names_its_path(falcon_server, models):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     expected = reference_greedy(model_dir, [tokenizer(p)["input_ids"] for p in prompts], 10)
     assert [results[i] for i in range(16)] == expected
+
+
+ROPE_CASES = {
+    "linear": {"factor": 4.0},
+    "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 128, "beta_fast": 32,
+             "beta_slow": 1},
+    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "longrope": {"original_max_position_embeddings": 128,
+                 "short_factor": [1.0 + 0.05 * i for i in range(16)],
+                 "long_factor": [1.5 + 0.25 * i for i in range(16)]},
+}
+
+
+@pytest.mark.parametrize("kind", list(ROPE_CASES))
+@pytest.mark.parametrize("partial", [1.0, 0.5])
+def test_rope_scaling_matches_transformers_init(kind, partial):
+    """Our inverse frequencies and cos/sin factor against transformers' own rope init."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from container.engine.layers.rotary import inverse_frequencies
+
+    parameters = dict(ROPE_CASES[kind], rope_type=kind, rope_theta=10000.0,
+                      partial_rotary_factor=partial)
+    if kind == "longrope" and partial != 1.0:
+        parameters["short_factor"] = parameters["short_factor"][:8]
+        parameters["long_factor"] = parameters["long_factor"][:8]
+    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=2, head_dim=32,
+                                      max_position_embeddings=512, rope_parameters=parameters)
+    ours_scaling = {k: v for k, v in parameters.items() if k != "rope_theta"}
+    lengths = {"dynamic": [None, 2048], "longrope": [None, 600]}.get(kind, [None])
+    for seq_len in lengths:
+        theirs, their_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu", seq_len=seq_len)
+        ours, our_factor = inverse_frequencies(32, 10000.0, ours_scaling, 512,
+                                               long=bool(seq_len), served=seq_len or 0)
+        torch.testing.assert_close(ours, theirs.float(), rtol=1e-6, atol=0)
+        assert our_factor == pytest.approx(their_factor or 1.0)
+
+
+def test_longrope_table_switches_to_long_factors_past_the_original_context():
+    from container.engine.layers.rotary import RotaryEmbedding, inverse_frequencies
+
+    scaling = dict(ROPE_CASES["longrope"], rope_type="longrope")
+    scaling["short_factor"], scaling["long_factor"] = (scaling["short_factor"][:8],
+                                                       scaling["long_factor"][:8])
+    table = RotaryEmbedding(16, 256, 10000.0, scaling, model_max_positions=512)
+    short, factor = inverse_frequencies(16, 10000.0, scaling, 512)
+    long, _ = inverse_frequencies(16, 10000.0, scaling, 512, long=True)
+    torch.testing.assert_close(table.cos[100], (100 * short).cos() * factor)
+    torch.testing.assert_close(table.cos[200], (200 * long).cos() * factor)

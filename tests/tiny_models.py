@@ -105,6 +105,15 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
                                                 "rope_theta": 1000000.0}},
             **{**common, "tie_word_embeddings": True, "num_hidden_layers": 3})
         cls = transformers.Gemma3ForCausalLM
+    elif architecture == "phi3":      # LongRoPE over 3/4 of each head (Phi-4-mini's shape)
+        half = 16 * 3 // 4 // 2
+        config = transformers.Phi3Config(
+            partial_rotary_factor=0.75, original_max_position_embeddings=128,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                             "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                             "long_factor": [2.0 + 0.5 * i for i in range(half)]},
+            **common)
+        cls = transformers.Phi3ForCausalLM
     elif architecture == "falcon":     # not native: served through transformers
         config = transformers.FalconConfig(
             vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
@@ -134,7 +143,7 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
         raise ValueError(architecture)
     torch.manual_seed(seed)
     model = cls(config).eval()
-    if architecture in ("qwen3", "qwen3-moe", "gemma2", "gemma3"):
+    if architecture in ("qwen3", "qwen3-moe", "gemma2", "gemma3", "phi3"):
         # norms start at 1 (or Gemma's 0): random ones make each norm's weight count
         with torch.no_grad():
             for name, param in model.named_parameters():

@@ -22,6 +22,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3MoeForCausalLM": ("moe", {"qk_norm": True}),
     "Gemma2ForCausalLM": ("gemma", {}),
     "Gemma3ForCausalLM": ("gemma", {"qk_norm": True}),
+    "Phi3ForCausalLM": ("phi3", {}),
 }
 
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
@@ -102,7 +103,7 @@ class ModelConfig:
             raise NotNativeArchitecture(
                 f"architecture {architectures or raw.get('model_type')} is not supported by the "
                 f"native engine; supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama 2/3/3.1, "
-                "Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE, Gemma 2/3). Other models: write a model.py "
+                "Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE, Gemma 2/3, Phi-3/4). Other models: write a model.py "
                 "handler or use engine=DeepSpeed")
         hidden_act = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
         if hidden_act not in ACTIVATIONS:
@@ -120,6 +121,15 @@ class ModelConfig:
             rope_theta, scaling = _rope(rope, raw)
             local_theta = raw.get("rope_local_base_freq")    # Gemma 3 as the Hub has it
             local_scaling = None
+        partial_rotary = float(raw.get("partial_rotary_factor")
+                               or rope.get("partial_rotary_factor") or 1.0)
+        if scaling is not None or partial_rotary != 1.0:
+            # scalings read these from the top level of config.json too (Phi-3)
+            scaling = {"rope_type": "default", **(scaling or {}),
+                       "partial_rotary_factor": partial_rotary}
+            if raw.get("original_max_position_embeddings"):
+                scaling.setdefault("original_max_position_embeddings",
+                                   int(raw["original_max_position_embeddings"]))
         eos = raw.get("eos_token_id")
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         module, traits = SUPPORTED_ARCHITECTURES[architecture]

@@ -14,7 +14,7 @@ from torch import nn
 from ..kernels import gpu_kernels
 from ..model_config import ModelConfig
 from ..parallel import TensorParallel
-from .attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention
+from .attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention, write_kv
 from .linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding
@@ -61,7 +61,11 @@ class PagedSelfAttention(nn.Module):
             q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
         fused = gpu_kernels(hidden)
-        if fused:
+        if fused and self.rotary.partial:    # the fused kernel rotates whole heads only
+            q, k = self.rotary(positions, q, k)
+            write_kv(kv_cache, k, v, meta.slot_mapping)
+            out = self.triton_backend(q, kv_cache, meta)
+        elif fused:
             fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
                                  meta.slot_mapping)
             out = self.triton_backend(q, kv_cache, meta)

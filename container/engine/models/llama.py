@@ -29,11 +29,12 @@ class DecoderModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
         self.embed_scale = embed_scale
         rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta,
-                                 config.rope_scaling)
+                                 config.rope_scaling, config.max_position_embeddings)
         local_rotary = rotary
         if config.local_rope_theta:
             local_rotary = RotaryEmbedding(config.head_dim, max_positions,
-                                           config.local_rope_theta, config.local_rope_scaling)
+                                           config.local_rope_theta, config.local_rope_scaling,
+                                           config.max_position_embeddings)
         self.layers = nn.ModuleList(
             build_layer(config, index, local_rotary if window else rotary, window, tp)
             for index, window in enumerate(config.layer_windows))
