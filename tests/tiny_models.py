@@ -48,8 +48,8 @@ def build_tokenizer(directory: Path, vocab_size: int = 800):
 
 def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
                 max_positions: int = 512, **overrides) -> Path:
-    """Save a tiny random model of the given family (llama | qwen2 | mistral | opt) with
-    tokenizer."""
+    """Save a tiny random model of the given family (llama | qwen2 | mistral | mistral-sliding |
+    qwen3 | qwen3-moe | mixtral | falcon | gpt2 | opt) with tokenizer."""
     import torch
     import transformers
 
@@ -75,6 +75,61 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
     elif architecture == "mistral":
         config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=None, **common)
         cls = transformers.MistralForCausalLM
+    elif architecture == "mistral-sliding":     # a window shorter than the prompts
+        config = transformers.MistralConfig(rope_theta=10000.0, sliding_window=8, **common)
+        cls = transformers.MistralForCausalLM
+    elif architecture == "qwen3":
+        config = transformers.Qwen3Config(rope_theta=1000000.0, head_dim=32, **common)
+        cls = transformers.Qwen3ForCausalLM
+    elif architecture == "qwen3-moe":
+        config = transformers.Qwen3MoeConfig(
+            rope_theta=1000000.0, head_dim=16, num_experts=8, num_experts_per_tok=2,
+            moe_intermediate_size=48, norm_topk_prob=True, decoder_sparse_step=1,
+            mlp_only_layers=[], **common)
+        cls = transformers.Qwen3MoeForCausalLM
+    elif architecture == "mixtral":
+        config = transformers.MixtralConfig(rope_theta=1000000.0, num_local_experts=4,
+                                            num_experts_per_tok=2, sliding_window=None, **common)
+        cls = transformers.MixtralForCausalLM
+    elif architecture == "gemma2":
+        config = transformers.Gemma2Config(
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=8, attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0, **{**common, "tie_word_embeddings": True})
+        cls = transformers.Gemma2ForCausalLM
+    elif architecture == "gemma3":
+        config = transformers.Gemma3TextConfig(
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                             "full_attention": {"rope_type": "default",
+                                                "rope_theta": 1000000.0}},
+            **{**common, "tie_word_embeddings": True, "num_hidden_layers": 3})
+        cls = transformers.Gemma3ForCausalLM
+    elif architecture == "phi3":      # LongRoPE over 3/4 of each head (Phi-4-mini's shape)
+        half = 16 * 3 // 4 // 2
+        config = transformers.Phi3Config(
+            partial_rotary_factor=0.75, original_max_position_embeddings=128,
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                             "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                             "long_factor": [2.0 + 0.5 * i for i in range(half)]},
+            **common)
+        cls = transformers.Phi3ForCausalLM
+    elif architecture == "falcon":     # not native: served through transformers
+        config = transformers.FalconConfig(
+            vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
+            num_hidden_layers=common["num_hidden_layers"],
+            num_attention_heads=common["num_attention_heads"], new_decoder_architecture=False,
+            multi_query=True, parallel_attn=True, bias=False, alibi=False,
+            initializer_range=common["initializer_range"], eos_token_id=eos, bos_token_id=None,
+            pad_token_id=0)
+        cls = transformers.FalconForCausalLM
+    elif architecture == "gpt2":       # not native either
+        config = transformers.GPT2Config(
+            vocab_size=common["vocab_size"], n_embd=common["hidden_size"],
+            n_layer=common["num_hidden_layers"], n_head=common["num_attention_heads"],
+            n_positions=max_positions, initializer_range=common["initializer_range"],
+            eos_token_id=eos, bos_token_id=eos, pad_token_id=0)
+        cls = transformers.GPT2LMHeadModel
     elif architecture == "opt":      # the seeds' OPT-30B family: learned positions, no GQA
         config = transformers.OPTConfig(
             vocab_size=common["vocab_size"], hidden_size=common["hidden_size"],
@@ -88,6 +143,12 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
         raise ValueError(architecture)
     torch.manual_seed(seed)
     model = cls(config).eval()
+    if architecture in ("qwen3", "qwen3-moe", "gemma2", "gemma3", "phi3"):
+        # norms start at 1 (or Gemma's 0): random ones make each norm's weight count
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.normal_(0.0, 0.3)
     model.save_pretrained(directory)
     return directory
 

@@ -16,7 +16,7 @@ import torch
 
 from .layers.attention import AttentionMetadata
 from .model_config import ModelConfig
-from .models.llama import LlamaForCausalLM
+from .models import model_class
 from .parallel import TensorParallel
 from .scheduler import ScheduledSeq
 from .weights import load_weights
@@ -128,21 +128,24 @@ def resolve_dtype(option: str, checkpoint_dtype: str | None, device: torch.devic
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, weights, max_model_len: int,
-                 dtype: torch.dtype, device: torch.device, tp: TensorParallel, block_size: int):
-        """weights: a checkpoint directory or a CheckpointSource (engine/weights.py)."""
+                 dtype: torch.dtype, device: torch.device, tp: TensorParallel, block_size: int,
+                 model: torch.nn.Module | None = None):
+        """weights: a checkpoint directory or a CheckpointSource (engine/weights.py).
+        model: one already built and loaded (the transformers path), instead of ours."""
         self.config = model_config
         self.device = device
         self.dtype = dtype
         self.tp = tp
         self.block_size = block_size
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                self.model = LlamaForCausalLM(model_config, max_model_len, tp)
-        finally:
-            torch.set_default_dtype(torch.float32)
-        load_weights(self.model, weights)
-        self.model.eval()
+        if model is None:
+            torch.set_default_dtype(dtype)
+            try:
+                with torch.device(device):
+                    model = model_class(model_config)(model_config, max_model_len, tp)
+            finally:
+                torch.set_default_dtype(torch.float32)
+            load_weights(model, weights)
+        self.model = model.eval()
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None                     # cuda_graphs.DecodeGraphs once captured
         self.greedy_tokens: torch.Tensor | None = None   # see execute()

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..config.loader import ServingConfig
+from ..config import values
 from ..config.options_native import NativeOptions
 from ..errors import StartupError
 from ..storage.resolve import resolve_model_dir, weights_source
@@ -19,7 +20,7 @@ from ..workers.dist_env import DistEnv
 from ..workers.ipc_server import IpcServer
 from .block_manager import BlockManager
 from .llm_engine import LLMEngine, follow_steps
-from .model_config import ModelConfig
+from .model_config import ModelConfig, NotNativeArchitecture
 from .model_runner import ModelRunner, resolve_dtype
 from .parallel import TensorParallel
 from .plan_channel import PlanChannel
@@ -101,9 +102,9 @@ class NativeService:
         self.dist = dist
         self.options = NativeOptions.from_options(config.options)
         self.model_dir = resolve_model_dir(config)
-        model_config = ModelConfig.from_dir(self.model_dir)
-        self.model_config = model_config
         device = choose_device(dist)
+        model_config, prebuilt = self._choose_path(device, dist)
+        self.model_config = model_config
         tp = TensorParallel(dist.rank, dist.world_size)
         self.plan_channel = None
         if dist.world_size > 1:
@@ -113,14 +114,17 @@ class NativeService:
             self.plan_channel = PlanChannel()
             tp = TensorParallel(dist.rank, dist.world_size, _small_all_reduce(device))
         max_len = self.options.max_model_len or model_config.max_position_embeddings
-        if model_config.sliding_window and model_config.sliding_window < max_len:
-            log.info("capping max_model_len at the sliding window (%d)", model_config.sliding_window)
-            max_len = model_config.sliding_window
+        if prebuilt is not None:
+            max_len = min(max_len, model_config.max_position_embeddings)
         dtype = resolve_dtype(self.options.dtype, model_config.torch_dtype, device)
         started = time.monotonic()
         try:
+            if prebuilt is not None:
+                prebuilt = prebuilt(dtype)
+                model_config = self.model_config = prebuilt.config
             self.runner = ModelRunner(model_config, weights_source(config, self.model_dir),
-                                      max_len, dtype, device, tp, int(self.options.kv_block_size))
+                                      max_len, dtype, device, tp, int(self.options.kv_block_size),
+                                      model=prebuilt)
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
         blocks = kv_block_count(self.options, self.runner, device, max_len)
@@ -132,7 +136,9 @@ class NativeService:
         self.runner.allocate_kv_cache(blocks)
         block_size = self.runner.block_size
         self.max_model_len = min(max_len, blocks * block_size)
-        if device.type == "cuda" and not self.options.enforce_eager:
+        log.info("%s: %s path (%s); attention per layer: %s", model_config.architecture,
+                 self.path, self.path_reason, ", ".join(model_config.attention_kinds))
+        if device.type == "cuda" and not self.options.enforce_eager and self.path == "native":
             self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
                                        self.max_model_len)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
@@ -148,6 +154,46 @@ class NativeService:
         self.eos_token_ids = eos
         if device.type == "cuda" and dist.rank == 0:     # other ranks follow its plans later
             self._warm_up()
+
+    def _choose_path(self, device: torch.device, dist: DistEnv):
+        """Our model code when the architecture has it, else transformers' (any
+        AutoModelForCausalLM) under the same engine. Returns the ModelConfig (None until the
+        transformers model is loaded) and, for that path, a loader taking the dtype."""
+        try:
+            model_config = ModelConfig.from_dir(self.model_dir)
+        except NotNativeArchitecture as exc:
+            reason = str(exc).split(";")[0]
+        else:
+            self.path = "native"
+            self.path_reason = (f"engine/models/{model_config.module}.py implements "
+                                f"{model_config.architecture}")
+            return model_config, None
+        if dist.world_size > 1:
+            raise StartupError(f"{reason}; its transformers path runs on one rank: set "
+                               "option.tensor_parallel_degree=1")
+        from .models.transformers_fallback import load_transformers_model
+
+        trust = values.boolean(self.config.option("trust_remote_code", "false"))
+        self.path = "transformers"
+        self.path_reason = f"{reason}; trust_remote_code={'on' if trust else 'off'}"
+        log.info("not native: %s; serving through transformers with paged attention", reason)
+
+        def load(dtype):
+            model, loaded_config = load_transformers_model(self.model_dir, dtype, device, trust)
+            model.config = loaded_config
+            return model
+
+        raw = json.loads((self.model_dir / "config.json").read_text(encoding="utf-8"))
+        text = raw.get("text_config") or raw
+        placeholder = ModelConfig(
+            architecture=(raw.get("architectures") or [raw.get("model_type", "?")])[0],
+            vocab_size=0, hidden_size=0, intermediate_size=0, num_layers=0, num_heads=0,
+            num_kv_heads=0, head_dim=0, rms_norm_eps=0.0, rope_theta=0.0, rope_scaling=None,
+            max_position_embeddings=int(text.get("max_position_embeddings")
+                                        or text.get("n_positions") or 2048),
+            tie_word_embeddings=False, qkv_bias=False,
+            torch_dtype=raw.get("torch_dtype") or raw.get("dtype"), module="transformers")
+        return placeholder, load
 
     def _warm_up(self) -> None:
         """Compile the prefill kernels now, not on the first request's time."""
@@ -172,6 +218,10 @@ class NativeService:
             "vocab_size": self.model_config.vocab_size,
             "kv_blocks": self.block_manager.num_blocks,
             "kv_block_size": self.block_manager.block_size,
+            "architecture": self.model_config.architecture,
+            "model_path": self.path,
+            "model_path_reason": self.path_reason,
+            "attention": self.model_config.attention_kinds,
         }
 
     # rank 0 ------------------------------------------------------------------------------------

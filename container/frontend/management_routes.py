@@ -41,6 +41,11 @@ def describe(model: ServedModel) -> dict:
         "status": "Healthy" if status.ready else "Unhealthy",
         "workerState": status.state,
         "workerRestarts": status.restarts,
+        # LLM engines: which model code serves it (native or transformers) and why
+        "architecture": status.model.get("architecture"),
+        "modelPath": status.model.get("model_path"),
+        "modelPathReason": status.model.get("model_path_reason"),
+        "attention": status.model.get("attention"),
         "workers": [{"id": status.generation, "pid": status.model.get("pid"),
                      "ranks": status.model.get("ranks"),
                      "rankPids": status.model.get("rank_pids"), "status": status.state}],

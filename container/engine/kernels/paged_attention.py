@@ -26,7 +26,7 @@ from .workspace import DecodeWorkspace
 @triton.jit
 def _attend_keys(q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
                  block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh,
-                 dims, dim_ok, scale, PAGE: tl.constexpr):
+                 dims, dim_ok, scale, softcap, PAGE: tl.constexpr):
     """One block of keys of the paged cache, folded into the online softmax of the query rows
     q: their running maxima m_i, sums l_i and weighted values acc. Keys not `visible` to a row
     (masked, or after it) weigh nothing."""
@@ -35,6 +35,8 @@ def _attend_keys(q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_p
     k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
                 mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
     scores = tl.dot(q, tl.trans(k)) * scale
+    if softcap > 0:      # Gemma 2: cap * tanh(score / cap), tanh written with a sigmoid
+        scores = softcap * (2.0 * tl.sigmoid(2.0 * scores / softcap) - 1.0)
     scores = tl.where(visible, scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -54,7 +56,7 @@ def _prefill_kernel(
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_ot, stride_oh,
-    stride_bt,
+    stride_bt, window, softcap,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -84,14 +86,19 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M * GROUP_PAD, DIM_PAD], tl.float32)
     absolute = context + q_pos                          # each row's own position
     last_key = tl.minimum(context + (tile + 1) * BLOCK_M, seq_len)
-    for start in range(0, last_key, BLOCK_N):
+    # sliding window (window > 0): the tile's first row sees nothing before first_key
+    windowed = window > 0
+    first_key = tl.where(windowed, tl.maximum(context + tile * BLOCK_M - window + 1, 0), 0)
+    first_key = first_key // BLOCK_N * BLOCK_N
+    for start in range(first_key, last_key, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < seq_len
-        visible = (keys[None, :] <= absolute[:, None]) & key_ok[None, :]
+        in_window = (keys[None, :] > absolute[:, None] - window) | (window <= 0)
+        visible = (keys[None, :] <= absolute[:, None]) & key_ok[None, :] & in_window
         m_i, l_i, acc = _attend_keys(
             q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
             block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh, dims,
-            dim_ok, scale, PAGE)
+            dim_ok, scale, softcap, PAGE)
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(out_ptr + (q_start + q_pos)[:, None] * stride_ot + q_heads[:, None] * stride_oh
              + dims[None, :], out.to(out_ptr.dtype.element_ty),
@@ -106,7 +113,7 @@ def _decode_split_kernel(
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_bt,
-    stride_pt, stride_ph, stride_ps, stride_ot, stride_oh,
+    stride_pt, stride_ph, stride_ps, stride_ot, stride_oh, window, softcap,
     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DIM_PAD: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
     MERGE_HERE: tl.constexpr, PDL: tl.constexpr,
@@ -118,8 +125,10 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    chunk = tl.cdiv(tl.cdiv(seq_len, SPLITS), BLOCK_N) * BLOCK_N
-    begin = split * chunk
+    # sliding window (window > 0): only the last `window` keys, split as usual
+    first = tl.where(window > 0, tl.maximum(seq_len - window, 0), 0)
+    chunk = tl.cdiv(tl.cdiv(seq_len - first, SPLITS), BLOCK_N) * BLOCK_N
+    begin = first + split * chunk
     end = tl.minimum(begin + chunk, seq_len)
 
     heads = tl.arange(0, ROWS)
@@ -139,7 +148,7 @@ def _decode_split_kernel(
         m_i, l_i, acc = _attend_keys(
             q, keys, key_ok, key_ok[None, :], m_i, l_i, acc, k_cache_ptr, v_cache_ptr,
             block_tables_ptr, seq, stride_bt, kv_head, stride_kb, stride_ks, stride_kh, dims,
-            dim_ok, scale, PAGE)
+            dim_ok, scale, softcap, PAGE)
     if SPLITS == 1:                                    # nothing to merge: write the answer
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(out_ptr + seq * stride_ot + q_heads[:, None] * stride_oh + dims[None, :],
@@ -220,8 +229,11 @@ def _pad(n: int) -> int:
 
 def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                   seq_lens: torch.Tensor, query_start_loc: torch.Tensor, max_query_len: int,
-                  scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """q [T, Hq, D] -> [T, Hq, D]; KV of the new tokens must already be in the cache."""
+                  scale: float, out: torch.Tensor | None = None, window: int = 0,
+                  softcap: float = 0.0) -> torch.Tensor:
+    """q [T, Hq, D] -> [T, Hq, D]; KV of the new tokens must already be in the cache.
+    window > 0: each query sees only the last `window` positions up to its own.
+    softcap > 0: scores soft-capped as cap * tanh(score / cap)."""
     _, q_heads, dim = q.shape
     _, _, page, kv_heads, _ = kv_cache.shape
     group = q_heads // kv_heads
@@ -236,7 +248,7 @@ def paged_prefill(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.T
         q, k_cache, v_cache, out, block_tables, seq_lens, query_start_loc, scale,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        out.stride(0), out.stride(1), block_tables.stride(0),
+        out.stride(0), out.stride(1), block_tables.stride(0), window, float(softcap),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=config.get("num_warps", 4),
         num_stages=config.get("num_stages", 3))
@@ -258,8 +270,10 @@ DECODE_OVERRIDE: dict | None = None     # a sweep's choice, over both
 
 def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                  seq_lens: torch.Tensor, scale: float, splits: int,
-                 workspace: DecodeWorkspace, out: torch.Tensor | None = None) -> torch.Tensor:
-    """One query token per sequence: q [B, Hq, D] -> [B, Hq, D]."""
+                 workspace: DecodeWorkspace, out: torch.Tensor | None = None,
+                 window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """One query token per sequence: q [B, Hq, D] -> [B, Hq, D]; window and softcap as
+    paged_prefill."""
     config = DECODE_OVERRIDE or DECODE_CONFIGS[splits > 1]
     merge_here = splits > 1 and config.get("merge_here", False)
     batch, q_heads, dim = q.shape
@@ -275,7 +289,7 @@ def paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Te
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0),
         maxima.stride(0), maxima.stride(1), maxima.stride(2), out.stride(0), out.stride(1),
-        GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
+        window, float(softcap), GROUP=group, ROWS=max(16, _pad(group)), HEAD_DIM=dim, DIM_PAD=_pad(dim), PAGE=page,
         BLOCK_N=config["block_n"], SPLITS=splits, MERGE_HERE=merge_here,
         num_warps=config["num_warps"], num_stages=config["num_stages"],
         **pdl_launch(q.device, batch))

@@ -43,12 +43,16 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 class TorchPagedAttention:
-    """Reference backend: correct for any mix of prefill chunks and decodes."""
+    """Reference backend: correct for any mix of prefill chunks and decodes.
+
+    window: a query at position p sees keys p - window + 1 .. p only (sliding window)."""
 
     name = "torch"
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, window: int | None = None, softcap: float | None = None):
         self.scale = scale
+        self.window = window
+        self.softcap = softcap
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  kv_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -76,22 +80,37 @@ class TorchPagedAttention:
         keys = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)      # [B, Hk, L, D]
         values = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
         length = keys.shape[2]
-        visible = torch.arange(length, device=q.device)[None, :] < meta.seq_lens[:, None]
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(2), keys, values, attn_mask=visible[:, None, None, :],
-            scale=self.scale, enable_gqa=True)
+        keys_at = torch.arange(length, device=q.device)[None, :]
+        visible = keys_at < meta.seq_lens[:, None]
+        if self.window:
+            visible &= keys_at >= meta.seq_lens[:, None] - self.window
+        out = self._sdpa(q.unsqueeze(2), keys, values, visible[:, None, None, :])
         return out.squeeze(2)
+
+    def _sdpa(self, q, k, v, mask):
+        """[.., H, L, D] attention; with soft-capping (Gemma 2) written out, as SDPA has none."""
+        if not self.softcap:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                                  enable_gqa=True)
+        group = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
 
     def _attend(self, q, keys, values, seq_len):
         n = q.shape[0]
         mask = None
-        if n > 1:
+        if n > 1 or self.window:
             # query i sits at position seq_len - n + i and sees keys 0..that position
             rows = torch.arange(seq_len - n, seq_len, device=q.device).unsqueeze(1)
-            mask = torch.arange(seq_len, device=q.device).unsqueeze(0) <= rows
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-            attn_mask=mask, scale=self.scale, enable_gqa=True)
+            keys_at = torch.arange(seq_len, device=q.device).unsqueeze(0)
+            mask = keys_at <= rows
+            if self.window:
+                mask &= keys_at > rows - self.window
+        out = self._sdpa(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), mask)
         return out.transpose(0, 1)
 
 
@@ -101,14 +120,18 @@ class TritonPagedAttention:
 
     name = "triton"
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, window: int | None = None, softcap: float | None = None):
         self.scale = scale
+        self.window = window or 0
+        self.softcap = softcap or 0.0
 
     def __call__(self, q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata):
         from ..kernels.paged_attention import paged_decode, paged_prefill
 
         if meta.decode_only:
             return paged_decode(q, kv_cache, meta.block_tables, meta.seq_lens, self.scale,
-                                meta.decode_splits, meta.workspace)
+                                meta.decode_splits, meta.workspace, window=self.window,
+                                softcap=self.softcap)
         return paged_prefill(q, kv_cache, meta.block_tables, meta.seq_lens,
-                             meta.query_start_loc, meta.max_query_len, self.scale)
+                             meta.query_start_loc, meta.max_query_len, self.scale,
+                             window=self.window, softcap=self.softcap)

@@ -44,6 +44,17 @@ def _cols(tensor_slice, start: int, count: int) -> torch.Tensor:
     return tensor_slice[:, start:start + count]
 
 
+class _RowsFrom:
+    """A lazy checkpoint slice seen from row `offset` on: one matrix of a fused checkpoint
+    tensor (Phi-3's qkv_proj and gate_up_proj), still read only where this rank's rows are."""
+
+    def __init__(self, tensor_slice, offset: int):
+        self.tensor_slice, self.offset = tensor_slice, offset
+
+    def __getitem__(self, rows: slice):
+        return self.tensor_slice[self.offset + rows.start:self.offset + rows.stop]
+
+
 class ReplicatedLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -85,6 +96,7 @@ class MergedColumnParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: list[int], bias: bool = False,
                  tp: TensorParallel = SINGLE):
         super().__init__()
+        self.out_features = list(out_features)
         self.pieces = [partition(n, tp.size, tp.rank) for n in out_features]
         self.offsets = [sum(c for _, c in self.pieces[:i]) for i in range(len(self.pieces))]
         total = sum(c for _, c in self.pieces)
@@ -93,10 +105,18 @@ class MergedColumnParallelLinear(nn.Module):
         for p in self.parameters():
             p.weight_loader = self.load_shard
 
-    def load_shard(self, param, tensor_slice, shard_id: int):
+    def load_shard(self, param, tensor_slice, shard_id: int | None):
+        """shard_id: which matrix; None: the checkpoint stores them all fused, in order."""
+        if shard_id is None:
+            for piece, offset in enumerate(self._fused_offsets()):
+                self.load_shard(param, _RowsFrom(tensor_slice, offset), piece)
+            return
         start, count = self.pieces[shard_id]
         target = param.data.narrow(0, self.offsets[shard_id], count)
         _copy(target, _rows(tensor_slice, start, count), f"merged linear piece {shard_id}")
+
+    def _fused_offsets(self) -> list[int]:
+        return [sum(self.out_features[:i]) for i in range(len(self.out_features))]
 
     def forward(self, x):
         return linear(x, self.weight, self.bias)
@@ -131,6 +151,7 @@ class QKVParallelLinear(nn.Module):
             per_rank = group // replicas
             q_start, q_count = kv_start * group + (tp.rank % replicas) * per_rank, per_rank
         self.head_dim = head_dim
+        self.full_q, self.full_kv = num_heads * head_dim, num_kv_heads * head_dim
         self.num_heads, self.num_kv_heads = q_count, kv_count
         self.q_rows = (q_start * head_dim, q_count * head_dim)
         self.kv_rows = (kv_start * head_dim, kv_count * head_dim)
@@ -140,7 +161,12 @@ class QKVParallelLinear(nn.Module):
         for p in self.parameters():
             p.weight_loader = self.load_shard
 
-    def load_shard(self, param, tensor_slice, shard_id: str):
+    def load_shard(self, param, tensor_slice, shard_id: str | None):
+        """shard_id: q, k or v; None: the checkpoint stores q, k and v fused, in order."""
+        if shard_id is None:
+            for piece, offset in (("q", 0), ("k", self.full_q), ("v", self.full_q + self.full_kv)):
+                self.load_shard(param, _RowsFrom(tensor_slice, offset), piece)
+            return
         q_size, kv_size = self.q_rows[1], self.kv_rows[1]
         offset = {"q": 0, "k": q_size, "v": q_size + kv_size}[shard_id]
         start, count = self.q_rows if shard_id == "q" else self.kv_rows

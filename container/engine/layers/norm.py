@@ -11,11 +11,24 @@ from ..parallel import SINGLE, TensorParallel
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float, tp: TensorParallel = SINGLE):
+    def __init__(self, hidden_size: int, eps: float, tp: TensorParallel = SINGLE,
+                 unit_offset: bool = False):
+        """unit_offset: the checkpoint stores w and the norm scales by (1 + w) (Gemma); we add
+        the one once at load, so every path (fused kernels included) is the plain norm."""
         super().__init__()
         self.eps = eps
         self.tp = tp
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
+        if unit_offset:
+            self.weight.weight_loader = self._load_plus_one
+
+    @staticmethod
+    def _load_plus_one(param, tensor_slice, shard_id=None):
+        value = tensor_slice[:]
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"norm: checkpoint shape {tuple(value.shape)} does not match "
+                             f"{tuple(param.shape)}")
+        param.data.copy_(value.float() + 1.0)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
                 partial: bool = False):

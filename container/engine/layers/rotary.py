@@ -1,4 +1,14 @@
-"""Rotary position embedding (Llama's rotate-half layout) with default, linear and llama3 scaling."""
+"""Rotary position embedding (rotate-half layout) and the scalings checkpoints use: linear,
+dynamic NTK, YaRN, llama3 and LongRoPE (Phi-3 "su"), optionally over only the first
+`partial_rotary_factor` of each head (Phi-4-mini).
+
+Every scaling becomes a static table of cos/sin per position, so the GPU path (fused kernel,
+CUDA graphs) needs nothing per scaling. Two scalings that transformers recomputes as a
+sequence grows are fixed up front instead: dynamic NTK uses the base for the longest sequence
+served (max_model_len), and LongRoPE uses its short factors for positions inside the original
+context and its long factors beyond (transformers switches a whole sequence to the long
+factors once it grows past that).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +19,130 @@ from torch import nn
 
 from ...errors import StartupError
 
-SUPPORTED_SCALING = ("default", "linear", "llama3")
+SUPPORTED_SCALING = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    kind = (scaling or {}).get("rope_type", "default")
+def _base_frequencies(dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    factor = float(scaling["factor"])
+    low = float(scaling.get("low_freq_factor", 1.0))
+    high = float(scaling.get("high_freq_factor", 4.0))
+    original = float(scaling.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn(dim: int, theta: float, scaling: dict, max_positions: int):
+    """Interpolate the low frequencies, keep the high ones, ramp linearly between the
+    dimensions that turn beta_fast and beta_slow times over the original context."""
+    original = float(scaling["original_max_position_embeddings"])
+    factor = float(scaling.get("factor") or max_positions / original)
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention = (_yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+                     if mscale and mscale_all else _yarn_mscale(factor))
+    fast = scaling.get("beta_fast") or 32
+    slow = scaling.get("beta_slow") or 1
+
+    def dim_turning(turns):     # the dimension whose wavelength fits `turns` times
+        return dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_turning(fast), dim_turning(slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp                                  # 1: extrapolate (keep the frequency)
+    base = _base_frequencies(dim, theta)
+    return base / factor * (1 - keep) + base * keep, float(attention)
+
+
+def _longrope_factor(scaling: dict, max_positions: int) -> tuple[int, float]:
+    original = int(scaling["original_max_position_embeddings"])
+    factor = scaling.get("factor") or max_positions / original
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return original, float(attention)
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None,
+                        max_positions: int = 0, long: bool = False, served: int = 0):
+    """(inverse frequencies of the rotated dims, factor on cos/sin).
+    max_positions: the model's max_position_embeddings (the scalings' reference length);
+    served: the longest sequence served (dynamic NTK); long: LongRoPE's long factors."""
+    scaling = scaling or {}
+    dim = int(head_dim * float(scaling.get("partial_rotary_factor", 1.0)))
+    kind = scaling.get("rope_type", "default")
     if kind == "default":
-        return inv_freq
+        return _base_frequencies(dim, theta), 1.0
     if kind == "linear":
-        return inv_freq / float(scaling["factor"])
+        return _base_frequencies(dim, theta) / float(scaling["factor"]), 1.0
     if kind == "llama3":
+        return _llama3(_base_frequencies(dim, theta), scaling), 1.0
+    if kind == "dynamic":
         factor = float(scaling["factor"])
-        low = float(scaling.get("low_freq_factor", 1.0))
-        high = float(scaling.get("high_freq_factor", 4.0))
-        original = float(scaling.get("original_max_position_embeddings", 8192))
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
-        smooth = (original / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < original / high) & ~(wavelen > original / low)
-        return torch.where(medium, smoothed, scaled)
+        original = max_positions
+        served = max(served, original)
+        theta = theta * ((factor * served / original) - (factor - 1)) ** (dim / (dim - 2))
+        return _base_frequencies(dim, theta), 1.0
+    if kind == "yarn":
+        return _yarn(dim, theta, scaling, max_positions)
+    if kind in ("longrope", "su"):
+        _, attention = _longrope_factor(scaling, max_positions)
+        factors = torch.tensor(scaling["long_factor" if long else "short_factor"],
+                               dtype=torch.float32)
+        exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        return 1.0 / (factors * theta ** exponents), attention
     raise StartupError(f"rope_scaling type {kind!r} is not supported by the native engine; "
                        f"supported: {', '.join(SUPPORTED_SCALING)}")
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None):
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None,
+                 model_max_positions: int | None = None):
+        """max_positions: table length (max_model_len); model_max_positions: the config's
+        max_position_embeddings (the scalings' reference length)."""
         super().__init__()
-        inv_freq = inverse_frequencies(head_dim, theta, scaling)
-        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        reference = model_max_positions or max_positions
+        kind = (scaling or {}).get("rope_type", "default")
+        inv_freq, attention = inverse_frequencies(head_dim, theta, scaling, reference,
+                                                  served=max_positions)
+        positions = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)
+        if kind in ("longrope", "su"):
+            original, _ = _longrope_factor(scaling, reference)
+            long_freq, _ = inverse_frequencies(head_dim, theta, scaling, reference, long=True)
+            beyond = positions >= original
+            freqs[beyond] = torch.outer(positions[beyond], long_freq)
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        self.partial = self.rotary_dim != head_dim
         # float32 cos/sin, as transformers computes them; cast to the activation type when used
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        self.register_buffer("cos", freqs.cos() * attention, persistent=False)
+        self.register_buffer("sin", freqs.sin() * attention, persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, Hq, D], k: [T, Hk, D] -> rotated (new tensors)."""
         cos = self.cos[positions].to(q.dtype).unsqueeze(1)
         sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        if self.partial:
+            r = self.rotary_dim
+            return (torch.cat((_rotate(q[..., :r], cos, sin), q[..., r:]), dim=-1),
+                    torch.cat((_rotate(k[..., :r], cos, sin), k[..., r:]), dim=-1))
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
 

@@ -1,4 +1,5 @@
-"""The Llama family (Llama 2/3/3.1, Mistral, Qwen2): one decoder, split for tensor parallelism.
+"""The Llama family (Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5): one decoder, split for tensor
+parallelism. Other families (qwen3.py, moe.py) are this model with other inputs.
 
 Tokens of every sequence in a step are flattened into one batch dimension; attention finds each
 sequence's rows through AttentionMetadata. Checkpoint names map onto our fused parameters in
@@ -10,109 +11,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import gpu_kernels
-from ..layers.attention import AttentionMetadata, TorchPagedAttention, TritonPagedAttention
+from ..layers.decoder import GatedMLP, PagedSelfAttention, PreNormDecoderLayer
 from ..layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding
 from ..model_config import ModelConfig
 from ..parallel import SINGLE, TensorParallel
 
 
-class LlamaAttention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel):
-        super().__init__()
-        self.head_dim = config.head_dim
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, config.head_dim, config.num_heads,
-                                          config.num_kv_heads, bias=config.qkv_bias, tp=tp)
-        self.num_heads = self.qkv_proj.num_heads
-        self.num_kv_heads = self.qkv_proj.num_kv_heads
-        self.o_proj = RowParallelLinear(config.num_heads * config.head_dim, config.hidden_size,
-                                        bias=config.o_bias, tp=tp,
-                                        input_piece=self.qkv_proj.q_rows)
-        self.rotary = rotary
-        self.torch_backend = TorchPagedAttention(config.head_dim ** -0.5)
-        self.triton_backend = TritonPagedAttention(config.head_dim ** -0.5)
+class DecoderModel(nn.Module):
+    """Embedding, the layers `build_layer(config, index, rotary, window, tp)` makes, final norm.
+    Sliding layers get their own rotary base when the config has one (Gemma 3)."""
 
-    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata):
-        tokens = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        fused = gpu_kernels(hidden)
-        if fused:
-            fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
-                                 meta.slot_mapping)
-            out = self.triton_backend(q, kv_cache, meta)
-        else:
-            q, k = self.rotary(positions, q, k)
-            out = self.torch_backend(q, k, v, kv_cache, meta)
-        return self.o_proj(out.reshape(tokens, q_size), reduce=not self.partial_output)
-
-    @property
-    def partial_output(self) -> bool:
-        """forward returns this rank's partial sum (the next norm all-reduces it)."""
-        return self.o_proj.can_defer_reduce
-
-
-class LlamaMLP(nn.Module):
-    def __init__(self, config: ModelConfig, tp: TensorParallel):
-        super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(
-            config.hidden_size, [config.intermediate_size] * 2, tp=tp)
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, tp=tp,
-                                           input_piece=self.gate_up_proj.pieces[0])
-
-    def forward(self, x):
-        gate_up = self.gate_up_proj(x)
-        fused = gpu_kernels(x)
-        if fused:
-            activated = fused.silu_and_mul(gate_up)
-        else:
-            gate, up = gate_up.chunk(2, dim=-1)
-            activated = torch.nn.functional.silu(gate) * up
-        return self.down_proj(activated, reduce=not self.partial_output)
-
-    @property
-    def partial_output(self) -> bool:
-        return self.down_proj.can_defer_reduce
-
-
-class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel):
-        super().__init__()
-        self.self_attn = LlamaAttention(config, rotary, tp)
-        self.mlp = LlamaMLP(config, tp)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
-
-    def forward(self, positions, hidden, residual, kv_cache, meta, partial_input: bool):
-        """partial_input: `hidden` is a partial sum (tensor parallelism); returns the MLP's
-        output, the residual, and whether that output is a partial sum too."""
-        if residual is None and not partial_input:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual, partial=partial_input)
-        hidden = self.self_attn(positions, hidden, kv_cache, meta)
-        hidden, residual = self.post_attention_layernorm(
-            hidden, residual, partial=self.self_attn.partial_output)
-        return self.mlp(hidden), residual, self.mlp.partial_output
-
-
-class LlamaModel(nn.Module):
-    def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel):
+    def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel,
+                 build_layer, embed_scale: float | None = None, unit_offset_norm: bool = False):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.embed_scale = embed_scale
         rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta,
-                                 config.rope_scaling)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, rotary, tp)
-                                    for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp)
+                                 config.rope_scaling, config.max_position_embeddings)
+        local_rotary = rotary
+        if config.local_rope_theta:
+            local_rotary = RotaryEmbedding(config.head_dim, max_positions,
+                                           config.local_rope_theta, config.local_rope_scaling,
+                                           config.max_position_embeddings)
+        self.layers = nn.ModuleList(
+            build_layer(config, index, local_rotary if window else rotary, window, tp)
+            for index, window in enumerate(config.layer_windows))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp,
+                            unit_offset=unit_offset_norm)
         self.tp = tp
 
     def forward(self, input_ids, positions, kv_caches, meta):
@@ -120,6 +47,8 @@ class LlamaModel(nn.Module):
         # kernel on the GPU): the embedding and the row-parallel products hand on partial sums.
         partial = self.tp.enabled
         hidden = self.embed_tokens(input_ids, reduce=not partial)
+        if self.embed_scale is not None:     # Gemma: sqrt(hidden), rounded to the dtype
+            hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual, partial = layer(positions, hidden, residual, kv_cache, meta,
@@ -142,20 +71,33 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.tp = tp
-        self.model = LlamaModel(config, max_positions, tp)
+        self.model = self.build_model(config, max_positions, tp)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def build_model(self, config: ModelConfig, max_positions: int, tp: TensorParallel):
+        return DecoderModel(config, max_positions, tp, self.build_layer)
+
+    def build_layer(self, config: ModelConfig, index: int, rotary, window, tp) -> nn.Module:
+        return PreNormDecoderLayer(config, PagedSelfAttention(config, rotary, tp, window),
+                                   self.build_mlp(config, index, tp), tp)
+
+    @staticmethod
+    def build_mlp(config: ModelConfig, layer_index: int, tp: TensorParallel) -> nn.Module:
+        return GatedMLP(config.hidden_size, config.intermediate_size, tp, config.hidden_act)
+
     @property
-    def attention_layers(self) -> list[LlamaAttention]:
+    def attention_layers(self) -> list[PagedSelfAttention]:
         return [layer.self_attn for layer in self.model.layers]
 
     def forward(self, input_ids, positions, kv_caches, meta) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        logits = self.lm_head(hidden)
+        cap = self.config.final_softcap
+        return logits if not cap else torch.tanh(logits / cap) * cap     # Gemma 2
 
     def map_checkpoint_name(self, name: str) -> tuple[str, object] | None:
         """Our parameter name and shard id for a checkpoint tensor; None to skip it."""
@@ -167,3 +109,4 @@ class LlamaForCausalLM(nn.Module):
             if fragment in name:
                 return name.replace(fragment, ours), shard
         return name, None
+CausalLM = LlamaForCausalLM      # Mistral, Qwen2 share the class
