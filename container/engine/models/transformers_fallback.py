@@ -100,6 +100,16 @@ class TransformersCausalLM(nn.Module):
         return self.head(hidden).float()
 
 
+def _architectures(model_dir) -> str:
+    import json
+
+    try:
+        raw = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    return ", ".join(raw.get("architectures") or [str(raw.get("model_type"))])
+
+
 def load_transformers_model(model_dir: str | Path, dtype: torch.dtype, device: torch.device,
                             trust_remote_code: bool) -> tuple[TransformersCausalLM, ModelConfig]:
     from transformers import AttentionInterface, AutoModelForCausalLM
@@ -111,8 +121,10 @@ def load_transformers_model(model_dir: str | Path, dtype: torch.dtype, device: t
             trust_remote_code=trust_remote_code).to(device).eval()
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise StartupError(f"{exc}\nSet option.trust_remote_code=true to run this "
-                               "checkpoint's own code") from None
+            raise StartupError(
+                f"architecture {_architectures(model_dir)} has no native code here and the "
+                "checkpoint ships its own (auto_map), which runs only with "
+                "option.trust_remote_code=true: set it if you trust that code") from None
         raise StartupError(
             f"transformers cannot swap in paged attention for this model ({exc}); serve it "
             "with a model.py handler or engine=DeepSpeed") from None
