@@ -110,7 +110,8 @@ class ServingLoop:
         for out in outputs:
             by_owner[out.owner].append(protocol.TokenDelta(
                 out.request_id, out.new_token_ids, out.logprobs, out.finish_reason, out.error,
-                out.num_prompt_tokens, out.num_cached_tokens))
+                out.num_prompt_tokens, out.num_cached_tokens, out.top_logprobs,
+                out.prompt_logprobs, out.prompt_top_logprobs))
             if out.finished:
                 finished[out.owner] += 1
         for owner, deltas in by_owner.items():
