@@ -1,0 +1,278 @@
+"""OpenAI and LMI completeness through `serve`: log-probs (top k, echo, prompt), n / best_of,
+sampling fields, refusals, and lm-evaluation-harness against its own transformers backend.
+
+Every expectation comes from an independent reference on the same tiny weights: a transformers
+forward pass (log-softmax of its logits), transformers generate, or lm-eval --model hf.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import requests
+
+from conftest import ServeProcess
+from tiny_models import build_model, reference_greedy
+
+PROMPTS = ["the model serves tokens quickly", "requests join and leave the batch",
+           "ünïcödé café 你好 newline"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    (tiny_dir / "serving.properties").write_text(
+        "option.num_kv_blocks=96\noption.kv_block_size=8\n"
+        "option.max_rolling_batch_prefill_tokens=24\noption.max_rolling_batch_size=8\n"
+        "job_queue_size=64\n")
+    process = ServeProcess(tiny_dir).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+def forward_logprobs(model, ids: list[int]):
+    """[len(ids), vocab] log-softmax: row i scores the token at i + 1."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def post(server, path, body, status=200):
+    response = requests.post(server.url(path), json=body, timeout=120)
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def sse_events(server, path, body):
+    with requests.post(server.url(path), json=body, stream=True, timeout=120) as response:
+        assert response.status_code == 200, response.text
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    return [json.loads(line[len(b"data: "):]) for line in lines[:-1]]
+
+
+def assert_top_matches(top: dict[str, float] | list, row, tokenizer, k: int):
+    """The k best of the reference row, as (text, log-prob), against what the server sent."""
+    values, ids = row.topk(k)
+    expected = [(tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i)]),
+                 float(v)) for v, i in zip(values.tolist(), ids.tolist())]
+    got = list(top.items()) if isinstance(top, dict) else [(e["token"], e["logprob"]) for e in top]
+    got = {text: value for text, value in got}
+    texts = [text for text, _ in expected]
+    for text, value in expected:
+        assert text in got, (text, got)
+        if texts.count(text) == 1 and not text.endswith("\ufffd"):   # bytes of one character
+            assert abs(got[text] - value) < TOL
+
+
+# A. log-probabilities --------------------------------------------------------------------------
+def test_echo_max_tokens_zero_gives_prompt_logprobs_of_a_forward_pass(server, tokenizer, hf_model):
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        body = post(server, "/v1/completions", {"prompt": ids, "max_tokens": 0, "echo": True,
+                                                 "logprobs": 3, "temperature": 0})
+        choice = body["choices"][0]
+        assert choice["text"] == tokenizer.decode(ids)
+        lp = choice["logprobs"]
+        assert len(lp["tokens"]) == len(ids) and lp["token_logprobs"][0] is None
+        reference = forward_logprobs(hf_model, ids)
+        for i in range(1, len(ids)):
+            assert abs(lp["token_logprobs"][i] - float(reference[i - 1, ids[i]])) < TOL
+            assert_top_matches(lp["top_logprobs"][i], reference[i - 1], tokenizer, 3)
+        assert body["usage"]["completion_tokens"] == 0
+
+
+def test_generated_top_logprobs_match_a_forward_pass(server, tokenizer, hf_model):
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    body = post(server, "/v1/completions", {"prompt": ids, "max_tokens": 6, "logprobs": 5,
+                                             "temperature": 0, "ignore_eos": True})
+    lp = body["choices"][0]["logprobs"]
+
+
+
+    # the greedy continuation by transformers, then one forward pass over prompt + it
+    import torch
+
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)[0].tolist()
+    reference = forward_logprobs(hf_model, out)
+    assert len(lp["token_logprobs"]) == 6
+    for j in range(6):
+        row = reference[len(ids) + j - 1]
+        assert abs(lp["token_logprobs"][j] - float(row[out[len(ids) + j]])) < TOL
+        assert_top_matches(lp["top_logprobs"][j], row, tokenizer, 5)
+        assert max(lp["top_logprobs"][j].values()) == lp["token_logprobs"][j]   # greedy
+
+
+def test_chat_top_logprobs_match_a_forward_pass(server, tokenizer, hf_model):
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    body = post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 4,
+                                                  "logprobs": True, "top_logprobs": 4,
+                                                  "temperature": 0, "ignore_eos": True})
+    content = body["choices"][0]["logprobs"]["content"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = ids + reference_greedy_ids(hf_model, ids, 4)
+    reference = forward_logprobs(hf_model, out)
+    assert len(content) == 4
+    for j, entry in enumerate(content):
+        row = reference[len(ids) + j - 1]
+        assert abs(entry["logprob"] - float(row[out[len(ids) + j]])) < TOL
+        assert len(entry["top_logprobs"]) == 4
+        assert_top_matches(entry["top_logprobs"], row, tokenizer, 4)
+    # streamed: the same log-probs, piece by piece
+    events = sse_events(server, "/v1/chat/completions", {
+        "messages": messages, "max_tokens": 4, "logprobs": True, "top_logprobs": 4,
+        "temperature": 0, "ignore_eos": True, "stream": True})
+    streamed = [e for ev in events for c in ev["choices"] if c["logprobs"]
+                for e in c["logprobs"]["content"]]
+    assert [e["logprob"] for e in streamed] == [e["logprob"] for e in content]
+
+
+def reference_greedy_ids(model, ids, count):
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=count, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)[0].tolist()
+    return out[len(ids):]
+
+
+def test_lmi_details_top_n_tokens_and_prefill(server, tokenizer, hf_model):
+    prompt = PROMPTS[2]
+    ids = tokenizer(prompt)["input_ids"]
+    body = post(server, "/invocations", {"inputs": prompt, "parameters": {
+        "max_new_tokens": 3, "details": True, "top_n_tokens": 2, "decoder_input_details": True,
+        "ignore_eos": True}})
+    details = body["details"]
+    out = ids + reference_greedy_ids(hf_model, ids, 3)
+    reference = forward_logprobs(hf_model, out)
+    assert [t["id"] for t in details["prefill"]] == ids
+    assert details["prefill"][0]["log_prob"] is None
+    for i in range(1, len(ids)):
+        assert abs(details["prefill"][i]["log_prob"] - float(reference[i - 1, ids[i]])) < TOL
+    for j, (token, top) in enumerate(zip(details["tokens"], details["top_tokens"])):
+        row = reference[len(ids) + j - 1]
+        assert token["id"] == out[len(ids) + j]
+        values, best = row.topk(2)
+        assert [t["id"] for t in top] == best.tolist()
+        assert all(abs(t["log_prob"] - float(v)) < TOL for t, v in zip(top, values.tolist()))
+
+
+def test_prompt_logprobs_survive_chunked_prefill_and_a_cached_prefix(server, tokenizer, hf_model):
+    """A long prompt (several prefill chunks), asked twice: the second time its blocks are in
+    the prefix cache, yet every prompt token must still be scored."""
+    prompt = " ".join(PROMPTS * 4)
+    ids = tokenizer(prompt)["input_ids"]
+    assert len(ids) > 48
+    reference = forward_logprobs(hf_model, ids)
+    for _ in range(2):
+        lp = post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 1, "echo": True,
+                                               "logprobs": 1})["choices"][0]["logprobs"]
+        got = lp["token_logprobs"][1:len(ids)]
+        expected = [float(reference[i - 1, ids[i]]) for i in range(1, len(ids))]
+        assert max(abs(a - b) for a, b in zip(got, expected)) < TOL
+
+
+# lm-evaluation-harness ------------------------------------------------------------------------
+def _write_tasks(directory):
+    rows = [{"question": q, "choices": c, "answer": a} for q, c, a in [
+        ("the model serves", [" tokens", " requests", " batches"], 0),
+        ("requests join and", [" leave", " stay"], 0),
+        ("a small test of", [" log", " likelihood", " scores", " here"], 2),
+        ("café naïve", [" résumé", " emoji"], 1),
+        ("def step(self):", [" return", " pass"], 0),
+    ]]
+    data = directory / "ll.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gen_rows = [{"question": q, "answer": "x"} for q in
+                ["the model serves", "import torch", "class Scheduler:", "requests join"]]
+    gen_data = directory / "gen.jsonl"
+    gen_data.write_text("".join(json.dumps(r) + "\n" for r in gen_rows))
+    (directory / "tiny_ll.yaml").write_text(f"""task: tiny_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+""")
+    (directory / "tiny_gen.yaml").write_text(f"""task: tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {gen_data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: answer
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 8
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+
+
+def test_lm_eval_local_completions_matches_lm_eval_hf(server, tiny_dir, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _write_tasks(tmp_path)
+    tasks = ["tiny_ll", "tiny_gen"]
+
+    def evaluate(model, args):
+        return lm_eval.simple_evaluate(model=model, model_args=args, tasks=tasks,
+                                       task_manager=TaskManager(include_path=str(tmp_path)),
+                                       log_samples=True, batch_size=1, device="cpu")
+
+    ours = evaluate("local-completions", f"model=tiny,base_url={server.url('/v1/completions')},"
+                    f"tokenizer={tiny_dir},tokenizer_backend=huggingface,num_concurrent=2,"
+                    "max_retries=1,tokenized_requests=True")
+    theirs = evaluate("hf", f"pretrained={tiny_dir},dtype=float32")
+    ll_ours = [s["resps"] for s in ours["samples"]["tiny_ll"]]
+    ll_theirs = [s["resps"] for s in theirs["samples"]["tiny_ll"]]
+    assert len(ll_ours) == 5
+    for a, b in zip(ll_ours, ll_theirs):
+        for (score_a, greedy_a), (score_b, greedy_b) in zip([x[0] for x in a], [x[0] for x in b]):
+            assert abs(score_a - score_b) < TOL
+            assert greedy_a == greedy_b
+    gen_ours = [s["filtered_resps"] for s in ours["samples"]["tiny_gen"]]
+    gen_theirs = [s["filtered_resps"] for s in theirs["samples"]["tiny_gen"]]
+    assert gen_ours == gen_theirs
+    assert any(r[0] for r in gen_ours), "the generations should not all be empty"
+    assert ours["results"]["tiny_ll"]["acc,none"] == theirs["results"]["tiny_ll"]["acc,none"]
