@@ -276,3 +276,188 @@ def test_lm_eval_local_completions_matches_lm_eval_hf(server, tiny_dir, tmp_path
     assert gen_ours == gen_theirs
     assert any(r[0] for r in gen_ours), "the generations should not all be empty"
     assert ours["results"]["tiny_ll"]["acc,none"] == theirs["results"]["tiny_ll"]["acc,none"]
+
+
+# B. sampling fields ---------------------------------------------------------------------------
+def reference_processed_greedy(model, ids, count, presence=0.0, frequency=0.0, bias=None,
+                               banned_until=0, banned=()):
+    """Greedy decoding by hand on transformers' logits with OpenAI's penalties and biases."""
+    import torch
+
+    out = list(ids)
+    with torch.no_grad():
+        for step in range(count):
+            logits = model(torch.tensor([out])).logits[0, -1].float()
+            counts = torch.bincount(torch.tensor(out[len(ids):] or [0], dtype=torch.long),
+                                    minlength=logits.numel()).float()
+            if step == 0:
+                counts.zero_()
+            logits = logits - frequency * counts - presence * (counts > 0).float()
+            for token, value in (bias or {}).items():
+                logits[token] += value
+            if step < banned_until:
+                logits[list(banned)] = float("-inf")
+            out.append(int(logits.argmax()))
+    return out[len(ids):]
+
+
+def completion_ids(server, body) -> list[tuple[list[int], str]]:
+    """(token ids, finish_reason) of each choice, the ids through vLLM's
+    return_tokens_as_token_ids (re-encoding text would be ambiguous)."""
+    body = dict(body, logprobs=0, return_tokens_as_token_ids=True)
+    choices = post(server, "/v1/completions", body)["choices"]
+    return [([int(t.split(":")[1]) for t in c["logprobs"]["tokens"]], c["finish_reason"])
+            for c in choices]
+
+
+def test_presence_frequency_penalties_and_logit_bias_match_a_reference(server, tokenizer,
+                                                                      hf_model):
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    plain = reference_greedy_ids(hf_model, ids, 12)
+    for fields in [{"presence_penalty": 1.5}, {"frequency_penalty": 0.7},
+                   {"presence_penalty": -0.5, "frequency_penalty": 1.1},
+                   {"logit_bias": {str(plain[1]): -100, "40": 6.5}}]:
+        [(got, _)] = completion_ids(server, {"prompt": ids, "max_tokens": 12, "temperature": 0,
+                                             "ignore_eos": True, **fields})
+        bias = {int(k): v for k, v in fields.get("logit_bias", {}).items()}
+        expected = reference_processed_greedy(hf_model, ids, 12, fields.get("presence_penalty", 0),
+                                              fields.get("frequency_penalty", 0), bias)
+        assert got == expected, fields
+        assert expected != plain, fields          # each field changes the text: it can fail
+
+
+def test_min_tokens_masks_eos_and_stop_token_ids(server, tokenizer, hf_model):
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    plain = reference_greedy_ids(hf_model, ids, 10)
+    stop = plain[2]
+    [(got, finish)] = completion_ids(server, {"prompt": ids, "max_tokens": 10, "temperature": 0,
+                                              "ignore_eos": True, "stop_token_ids": [stop]})
+    assert got == plain[:3] and finish == "stop"
+    [(got, _)] = completion_ids(server, {"prompt": ids, "max_tokens": 10, "temperature": 0,
+                                         "ignore_eos": True, "stop_token_ids": [stop],
+                                         "min_tokens": 6})
+    expected = reference_processed_greedy(hf_model, ids, 10, banned_until=6,
+                                          banned=[stop, tokenizer.eos_token_id])
+    cut = next((i + 1 for i, t in enumerate(expected) if t == stop), len(expected))
+    assert got == expected[:cut] and len(got) > 3
+
+
+def test_min_p_one_is_greedy_and_max_completion_tokens_and_user(server, tokenizer, hf_model):
+    ids = tokenizer(PROMPTS[2])["input_ids"]
+    [(got, _)] = completion_ids(server, {"prompt": ids, "max_tokens": 8, "temperature": 1.0,
+                                         "min_p": 1.0, "seed": 5, "ignore_eos": True,
+                                         "user": "someone"})
+    assert got == reference_greedy_ids(hf_model, ids, 8)
+    chat = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3,
+        "ignore_eos": True, "user": "someone"})
+    assert chat["usage"]["completion_tokens"] == 3
+
+
+def test_n_samples_are_seeded_distinct_and_share_the_prompt_blocks(server, tokenizer):
+    prompt = " ".join(PROMPTS * 2)          # several full KV blocks
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 1.0, "seed": 11, "n": 3,
+            "ignore_eos": True}
+    first = post(server, "/v1/completions", body)
+    again = post(server, "/v1/completions", body)
+    texts = [c["text"] for c in first["choices"]]
+    assert [c["index"] for c in first["choices"]] == [0, 1, 2]
+    assert texts == [c["text"] for c in again["choices"]]
+    assert len(set(texts)) == 3
+    # sample 0 of n=3 is the request with n=1 and the same seed
+    alone = post(server, "/v1/completions", dict(body, n=1))
+    assert alone["choices"][0]["text"] == texts[0]
+    prompt_tokens = len(tokenizer(prompt)["input_ids"])
+    assert first["usage"]["prompt_tokens"] == prompt_tokens
+    assert first["usage"]["completion_tokens"] == 24
+    # samples 1 and 2 found the prompt's full blocks in the prefix cache
+    assert first["usage"]["prompt_tokens_details"]["cached_tokens"] >= 2 * 8 * (
+        (prompt_tokens - 1) // 8)
+
+
+def test_best_of_returns_the_samples_of_highest_cumulative_logprob(server):
+    body = {"prompt": PROMPTS[0], "max_tokens": 6, "temperature": 1.0, "seed": 3,
+            "ignore_eos": True, "logprobs": 0}
+    drawn = post(server, "/v1/completions", dict(body, n=4))["choices"]
+    scored = sorted(drawn, key=lambda c: sum(c["logprobs"]["token_logprobs"]), reverse=True)
+    best = post(server, "/v1/completions", dict(body, n=2, best_of=4))["choices"]
+    assert [c["text"] for c in best] == [c["text"] for c in scored[:2]]
+    post(server, "/v1/completions", dict(body, n=3, best_of=2), status=400)
+    post(server, "/v1/completions", dict(body, n=1, best_of=2, stream=True), status=400)
+
+
+def test_streamed_n_two_with_usage(server):
+    events = sse_events(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 5, "n": 2,
+        "temperature": 1.0, "seed": 8, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True}})
+    text = {0: "", 1: ""}
+    finished = set()
+    for event in events[:-1]:
+        for choice in event["choices"]:
+            text[choice["index"]] += choice["delta"].get("content") or ""
+            if choice["finish_reason"]:
+                finished.add(choice["index"])
+    assert finished == {0, 1}
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 10
+    whole = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 5, "n": 2,
+        "temperature": 1.0, "seed": 8, "ignore_eos": True})
+    assert [text[0], text[1]] == [c["message"]["content"] for c in whole["choices"]]
+
+
+def test_free_requests_are_unchanged_by_processed_neighbours(server, tokenizer, tiny_dir):
+    """A batch mixing penalised, biased and log-prob requests with plain greedy ones: the
+    plain ones get exactly transformers' greedy tokens."""
+    import concurrent.futures as futures
+
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    noisy = [{"presence_penalty": 1.0}, {"logit_bias": {"40": 50}}, {"top_logprobs": 3,
+             "logprobs": True}, {"frequency_penalty": 2.0, "min_tokens": 4}]
+
+    def plain(ids):
+        return completion_ids(server, {"prompt": ids, "max_tokens": 10, "temperature": 0,
+                                       "ignore_eos": True})[0][0]
+
+    def other(fields):
+        messages = [{"role": "user", "content": "noise"}]
+        return post(server, "/v1/chat/completions", {"messages": messages, "max_tokens": 10,
+                                                      "ignore_eos": True, **fields})
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        noise = [pool.submit(other, f) for f in noisy]
+        got = list(pool.map(plain, prompts))
+        [n.result() for n in noise]
+    assert got == reference_greedy(tiny_dir, prompts, 10)
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
+     "tools"),
+    ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("/v1/completions", {"guided_regex": "a+"}, "guided_regex"),
+    ("/v1/completions", {"suffix": "end"}, "suffix"),
+    ("/v1/chat/completions", {"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/completions", {"logprobs": 21}, "logprobs"),
+    ("/v1/completions", {"logit_bias": {"abc": 1}}, "logit_bias"),
+    ("/v1/completions", {"logit_bias": {"999999": 1}}, "logit_bias"),
+    ("/v1/completions", {"presence_penalty": 3}, "presence_penalty"),
+    ("/v1/completions", {"n": 17}, "n"),
+    ("/invocations", {"parameters": {"n": 2}}, "parameters.n"),
+    ("/invocations", {"parameters": {"num_beams": 2}}, "parameters.num_beams"),
+    ("/invocations", {"parameters": {"top_n_tokens": 21}}, "parameters.top_n_tokens"),
+])
+def test_unimplemented_or_invalid_fields_are_a_400_naming_them(server, path, body, field):
+    base = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+            "/v1/completions": {"prompt": "hi"}, "/invocations": {"inputs": "hi"}}[path]
+    response = requests.post(server.url(path), json={**base, **body}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert field in response.json()["message"]
+
+
+def test_off_values_of_unimplemented_fields_are_accepted(server):
+    post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": True})

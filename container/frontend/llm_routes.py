@@ -23,7 +23,7 @@ from ..text.tokenizer import TextTokenizer
 from ..workers import protocol
 from .engine_client import EngineClient
 from .generation import Generation, Result, merged_pieces, wait_all, wait_all_staggered
-from .logprob_format import (chat_logprobs, completion_logprobs, lmi_prefill,
+from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, lmi_prefill,
                              lmi_top_tokens)
 from .http_utils import engine_request_id
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
@@ -333,7 +333,7 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     created = int(time.time())
     cid = f"chatcmpl-{request_id}"
     model = req.model or ctx.model_name
-    tokenizer = ctx.tokenizer
+    tokenizer = TokenIdNames(ctx.tokenizer) if req.return_tokens_as_token_ids else ctx.tokenizer
 
     def logprobs_of(tokens):
         return chat_logprobs(tokenizer, tokens, req.top_logprobs) if req.logprobs else None
@@ -425,11 +425,13 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
     cid = f"cmpl-{request_id}"
     model = req.model or ctx.model_name
 
+    names = TokenIdNames(ctx.tokenizer) if req.return_tokens_as_token_ids else ctx.tokenizer
+
     def logprobs_of(result: Result, index: int, echo: bool):
         if not want_logprobs:
             return None
         offset = 0 if echo else len(texts[index])
-        return completion_logprobs(ctx.tokenizer, result, top,
+        return completion_logprobs(names, result, top,
                                    prompt_ids[index] if echo else None, offset)
 
     if not req.stream:
@@ -468,7 +470,7 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
                 yield chunk(index, texts[0], logprobs=completion_logprobs(
                     ctx.tokenizer, prompt_only, top, prompt_ids[0]) if want_logprobs else None)
             if piece.text or (want_logprobs and piece.tokens):
-                lp = completion_logprobs(ctx.tokenizer, Result("", "length", tokens=piece.tokens),
+                lp = completion_logprobs(names, Result("", "length", tokens=piece.tokens),
                                          top, None) if want_logprobs else None
                 yield chunk(index, piece.text, logprobs=lp)
             if generation.done:

@@ -13,6 +13,18 @@ def _text(tokenizer, token_id: int) -> str:
     return tokenizer.token_text(token_id)
 
 
+class TokenIdNames:
+    """vLLM's return_tokens_as_token_ids: a tokenizer stand-in that names every token
+    "token_id:N" (a token's text can be ambiguous: part of a character, or shared by ids)."""
+
+    def __init__(self, tokenizer):
+        self.special_ids = tokenizer.special_ids
+
+    @staticmethod
+    def token_text(token_id: int) -> str:
+        return f"token_id:{token_id}"
+
+
 def _top_dict(tokenizer, own: tuple[int, float] | None, top) -> dict[str, float]:
     """OpenAI completions: {token text: log-prob} of the top k, plus the token itself (as
     vLLM does), so `max(top.values())` equals the token's log-prob exactly when it is the

@@ -188,6 +188,8 @@ class _OpenAICommon(BaseModel):
                                                     "token id (as a string) -> added logit")
     min_tokens: int = Field(0, ge=0, le=1_000_000)
     ignore_eos: bool = False
+    return_tokens_as_token_ids: bool = Field(False, description="log-prob tokens named "
+                                             "\"token_id:N\" (as vLLM)")
     user: str | None = Field(None, max_length=256, description="recorded nowhere; accepted")
 
     @model_validator(mode="before")
