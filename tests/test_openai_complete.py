@@ -432,11 +432,10 @@ def test_free_requests_are_unchanged_by_processed_neighbours(server, tokenizer, 
 
 
 @pytest.mark.parametrize("path, body, field", [
-    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
      "tools"),
     ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
-    ("/v1/completions", {"guided_regex": "a+"}, "guided_regex"),
+    ("/v1/completions", {"use_beam_search": True}, "use_beam_search"),
     ("/v1/completions", {"suffix": "end"}, "suffix"),
     ("/v1/chat/completions", {"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
@@ -461,3 +460,104 @@ def test_off_values_of_unimplemented_fields_are_accepted(server):
     post(server, "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
         "response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": True})
+
+
+# C. structured output -------------------------------------------------------------------------
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                      "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+     "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                      "colour": {"enum": ["red", "green", "blue"]}},
+     "required": ["ok", "colour"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 9}, "minItems": 2,
+     "maxItems": 4},
+    {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 2, "items": {
+        "type": "string", "pattern": "^[a-z]{1,4}$"}}}, "required": ["tags"],
+     "additionalProperties": False},
+]
+
+
+def chat_text(server, content, **fields):
+    body = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": content}], "max_tokens": 80, **fields})
+    return body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_json_schema_outputs_validate(server, schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    for seed in range(3):
+        text, finish = chat_text(server, "give me json", temperature=1.0, seed=seed,
+                                 response_format={"type": "json_schema", "json_schema": {
+                                     "name": "x", "schema": schema, "strict": True}})
+        assert finish == "stop", text
+        jsonschema.validate(json.loads(text), schema)
+
+
+def test_regex_choice_grammar_and_json_object(server):
+    import re
+
+    text, _ = chat_text(server, "code", guided_regex="[ab]{3}-[0-9]{2}", temperature=1.0, seed=1)
+    assert re.fullmatch("[ab]{3}-[0-9]{2}", text), text
+    text, _ = chat_text(server, "pick", structured_outputs={"choice": ["yes", "no", "maybe"]})
+    assert text in ("yes", "no", "maybe")
+    text, _ = chat_text(server, "g", guided_grammar='root ::= "x" ("y" | "z")+ "."',
+                        max_tokens=12, temperature=1.0, seed=4)
+    assert re.fullmatch(r"x[yz]+\.", text) or len(text) >= 2 and re.fullmatch(r"x[yz]+", text)
+    text, finish = chat_text(server, "j", response_format={"type": "json_object"},
+                             max_tokens=60, temperature=0.7, seed=2)
+    if finish == "stop":
+        assert isinstance(json.loads(text), dict)
+    completion = post(server, "/v1/completions", {"prompt": "the", "max_tokens": 10,
+                                                   "guided_regex": "[0-9]{4}"})
+    assert re.fullmatch("[0-9]{4}", completion["choices"][0]["text"])
+    lmi_body = post(server, "/invocations", {"inputs": "the", "parameters": {
+        "max_new_tokens": 10, "guided_choice": ["alpha", "beta"]}})
+    assert lmi_body["generated_text"] in ("alpha", "beta")
+
+
+def test_streamed_structured_output(server):
+    import re
+
+    events = sse_events(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "s"}], "max_tokens": 20, "stream": True,
+        "guided_regex": "(ab|cd){2,3}!", "temperature": 1.0, "seed": 9})
+    text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    assert re.fullmatch("(ab|cd){2,3}!", text), text
+
+
+def test_constrained_and_free_requests_share_a_batch(server, tokenizer, tiny_dir):
+    import concurrent.futures as futures
+
+    prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
+
+    def plain(ids):
+        return completion_ids(server, {"prompt": ids, "max_tokens": 10, "temperature": 0,
+                                       "ignore_eos": True})[0][0]
+
+    def constrained(seed):
+        return chat_text(server, "c", guided_json=SCHEMAS[seed % len(SCHEMAS)], seed=seed,
+                         temperature=1.0)
+
+    with futures.ThreadPoolExecutor(8) as pool:
+        noise = [pool.submit(constrained, s) for s in range(4)]
+        got = list(pool.map(plain, prompts))
+        [n.result() for n in noise]
+    assert got == reference_greedy(tiny_dir, prompts, 10)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"guided_regex": "(a"}, ["guided_regex", "does not compile"]),
+    ({"guided_json": {"type": "nonsense"}}, ["guided_json", "nonsense"]),
+    ({"response_format": {"type": "json_schema"}}, ["response_format.json_schema"]),
+    ({"response_format": {"type": "yaml"}}, ["response_format"]),
+    ({"guided_regex": "a", "guided_choice": ["b"]}, ["only one structured output"]),
+    ({"guided_choice": []}, ["guided_choice"]),
+])
+def test_bad_grammars_are_a_400_with_the_reason(server, body, words):
+    response = requests.post(server.url("/v1/chat/completions"), json={
+        "messages": [{"role": "user", "content": "hi"}], **body}, timeout=30)
+    assert response.status_code == 400, response.text
+    for word in words:
+        assert word in response.json()["message"]

@@ -81,6 +81,8 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.plan_channel = plan_channel
         self.sequences: dict[str, Sequence] = {}
+        self.tokenizer_dir: str | None = None         # for structured output (set by service)
+        self._structured = None                        # StructuredDecoding, on first use
         self.seconds: dict[str, float] = defaultdict(float)   # time per phase of step()
         self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
                          "chunked_prefill_steps": 0, "cached_prompt_tokens": 0,
@@ -90,6 +92,8 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
                     owner: bytes = b"") -> Sequence:
         seq = Sequence(request_id, list(prompt_token_ids), sampling, owner)
+        if sampling.structured is not None:
+            seq.matcher = self._grammar_matcher(sampling.structured)     # ValueError: refused
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -171,6 +175,8 @@ class LLMEngine:
             batch = SamplingBatch.build([self._sampling_row(seq) for seq in sampling],
                                         logits.device)
             greedy = self.runner.greedy_tokens
+            if any(seq.matcher is not None for seq in sampling):
+                batch.token_bitmask = self._structured.bitmask([s.matcher for s in sampling])
             if greedy is not None and batch.plain_greedy:
                 tokens, logprobs = greedy, None        # the decode graph's own argmax
             else:
@@ -205,6 +211,10 @@ class LLMEngine:
             token = tokens[i]
             seq.token_ids[position] = token
             reason = self._stop_reason(seq, token, position)
+            if seq.matcher is not None and not reason:
+                seq.matcher.accept_token(token)
+                if seq.matcher.is_terminated():
+                    reason = "eos_token"                # the grammar is complete
             if reason:
                 self.scheduler.finish(seq, reason)
                 self.sequences.pop(seq.request_id, None)
@@ -246,6 +256,19 @@ class LLMEngine:
         return sampling_row(seq.sampling, seq.seed, seq.num_output_tokens, lambda: seq.token_ids,
                             self.eos_token_ids if seq.sampling.min_tokens else ())
 
+    def _grammar_matcher(self, spec):
+        if self._structured is None:
+            if self.tokenizer_dir is None:
+                raise ValueError("structured output needs the model's tokenizer")
+            from .structured import StructuredDecoding
+
+            self._structured = StructuredDecoding(self.tokenizer_dir, self.vocab_size,
+                                                  sorted(self.eos_token_ids))
+        try:
+            return self._structured.matcher(spec)
+        except Exception as error:                      # xgrammar's own error types
+            raise ValueError(f"the grammar does not compile: {error}") from None
+
     def _prompt_logprobs(self, targets: list[tuple[Sequence, int]],
                          device: torch.device) -> torch.Tensor:
         """Packed log-probs of the prompt tokens this step scored, on the device."""
@@ -267,7 +290,8 @@ class LLMEngine:
 
 
 def _needs_history(p: SamplingParams) -> bool:
-    return p.repetition_penalty != 1.0 or p.presence_penalty != 0 or p.frequency_penalty != 0
+    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0 or p.frequency_penalty != 0
+            or p.structured is not None)          # a grammar's next mask needs the token
 
 
 @torch.inference_mode()

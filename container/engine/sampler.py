@@ -38,13 +38,14 @@ class SamplingBatch:
     output_tokens: torch.Tensor | None = None    # [B, L] int64, -1 padded (output only)
     bias: torch.Tensor | None = None             # [3, N] float32: row, token id, added value
     num_top_logprobs: int = 0                    # the batch's largest top_logprobs
+    token_bitmask: torch.Tensor | None = None    # [B, ceil(V/32)] int32: grammar masks
 
     @property
     def plain_greedy(self) -> bool:
         """Every row takes the raw argmax and wants nothing else: the decode graph's own
         argmax will do."""
         return (self.all_greedy and self.penalty_tokens is None and self.output_tokens is None
-                and self.bias is None and not self.want_logprobs)
+                and self.bias is None and not self.want_logprobs and self.token_bitmask is None)
 
     @classmethod
     def build(cls, rows: list[dict], device: torch.device) -> "SamplingBatch":
@@ -192,6 +193,17 @@ def apply_bias(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits.index_put((rows, tokens), values, accumulate=True)
 
 
+def apply_token_mask(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Structured output: tokens the row's grammar does not allow next get -inf."""
+    if batch.token_bitmask is None:
+        return logits
+    from .structured import allowed_tokens
+
+    allowed = allowed_tokens(batch.token_bitmask.to(logits.device, non_blocking=True),
+                             logits.shape[1])
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
 def filter_min_p_typical(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """min_p (drop tokens below min_p times the top probability) and typical_p (keep the
     tokens whose surprise is closest to the entropy, up to typical_p of the mass)."""
@@ -245,6 +257,7 @@ def _choose(logits: torch.Tensor, batch: SamplingBatch):
     logits = apply_repetition_penalty(logits, batch)
     logits = apply_counted_penalties(logits, batch)
     logits = apply_bias(logits, batch)
+    logits = apply_token_mask(logits, batch)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy, raw_logprobs

@@ -40,6 +40,7 @@ class Sequence:
     prompt_logprobs: list[float] = field(default_factory=list)
     prompt_top_logprobs: list = field(default_factory=list)
     prompt_logprobs_sent: bool = False
+    matcher: object = None                   # xgrammar GrammarMatcher with structured output
 
     def __post_init__(self):
         self.token_ids = list(self.prompt_token_ids)

@@ -26,9 +26,12 @@ from .generation import Generation, Result, merged_pieces, wait_all, wait_all_st
 from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, lmi_prefill,
                              lmi_top_tokens)
 from .http_utils import engine_request_id
+from .structured_output import structured_from
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
                       validate)
 
+STRUCTURED_FIELDS = {"response_format", "structured_outputs", "guided_json", "guided_regex",
+                     "guided_choice", "guided_grammar"}
 OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
@@ -157,7 +160,8 @@ def _lmi_sampling(ctx: LlmContext, p) -> protocol.SamplingParams:
         min_tokens=p.min_tokens, repetition_penalty=p.repetition_penalty, seed=p.seed,
         ignore_eos=p.ignore_eos, logprobs=p.details,
         top_logprobs=p.top_n_tokens if p.details else 0,
-        prompt_logprobs=0 if p.details and p.decoder_input_details else -1)
+        prompt_logprobs=0 if p.details and p.decoder_input_details else -1,
+        structured=structured_from(p.model_dump(include=STRUCTURED_FIELDS), "parameters."))
 
 
 def _lmi_token(token, text: str) -> dict:
@@ -256,7 +260,8 @@ def _openai_sampling(ctx: LlmContext, req, max_tokens: int, logprobs: bool, top:
         repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty, logit_bias=bias, min_tokens=req.min_tokens,
         stop_token_ids=list(req.stop_token_ids), seed=req.seed, ignore_eos=req.ignore_eos,
-        logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs)
+        logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs,
+        structured=structured_from(req.model_dump(include=STRUCTURED_FIELDS)))
 
 
 def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: list[str],

@@ -23,11 +23,9 @@ MAX_SAMPLES = 16             # n and best_of: each sample is a request in flight
 # that mean "off" (those are accepted). Any other value is a 400 naming the field: a request
 # must never be answered as if a field it relies on had been honoured.
 NOT_IMPLEMENTED = {
-    "response_format": ({"type": "text"},),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "parallel_tool_calls": (None, True, False),
-    "structured_outputs": (None,), "guided_json": (None,), "guided_regex": (None,),
-    "guided_choice": (None,), "guided_grammar": (None,), "guided_decoding_backend": (None,),
+    "guided_decoding_backend": (None, "xgrammar"),
     "suffix": (None, ""), "use_beam_search": (None, False), "num_beams": (None, 1),
     "length_penalty": (None, 1, 1.0), "prompt_logprobs": (None,), "audio": (None,),
     "modalities": (None, ["text"]), "prediction": (None,), "web_search_options": (None,),
@@ -100,6 +98,12 @@ class LmiParameters(BaseModel):
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list,
                                                              max_length=64)
     min_tokens: int = Field(0, ge=0, le=1_000_000)
+    response_format: dict | None = None
+    structured_outputs: dict | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     n: int = Field(1, ge=1, le=1, description="one sequence per input")
     best_of: int = Field(1, ge=1, le=1, description="one sequence per input")
 
@@ -191,6 +195,15 @@ class _OpenAICommon(BaseModel):
     return_tokens_as_token_ids: bool = Field(False, description="log-prob tokens named "
                                              "\"token_id:N\" (as vLLM)")
     user: str | None = Field(None, max_length=256, description="recorded nowhere; accepted")
+    # structured output (frontend/structured_output.py reads and checks these)
+    response_format: dict | None = Field(None, description='{"type": "text" | "json_object" | '
+                                         '"json_schema", "json_schema": {"schema": ...}}')
+    structured_outputs: dict | None = Field(None, description='vLLM: {"json" | "regex" | '
+                                            '"choice" | "grammar" | "json_object": ...}')
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = Field(None, description="EBNF (xgrammar's dialect)")
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,12 @@ from __future__ import annotations
 import msgspec
 
 
+class StructuredOutput(msgspec.Struct, frozen=True):
+    """A grammar the output must follow (engine/structured.py compiles it with xgrammar)."""
+    kind: str          # json_schema | json_object | regex | choice | ebnf
+    spec: str          # the schema as JSON text, the regex, a JSON list of choices, the EBNF
+
+
 class SamplingParams(msgspec.Struct, frozen=True):
     max_new_tokens: int = 30
     do_sample: bool = False
@@ -29,6 +35,7 @@ class SamplingParams(msgspec.Struct, frozen=True):
     min_tokens: int = 0             # EOS and stop_token_ids are masked until this many
     min_p: float = 0.0              # 0: off
     typical_p: float = 1.0          # 1: off
+    structured: StructuredOutput | None = None
 
 
 class HandleRequest(msgspec.Struct, tag="handle", tag_field="kind"):
