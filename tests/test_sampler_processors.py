@@ -78,3 +78,19 @@ def test_packed_top_logprobs_round_trip():
         assert value == float(logprobs[r, targets[r]])
         values, ids = logprobs[r].topk(5)
         assert top == list(zip(ids.tolist(), values.tolist()))
+
+
+def test_uniform_noise_stays_below_one_so_zero_probabilities_never_win():
+    """float32 noise of exactly 1.0 made the exponential race divide 0 by 0 (NaN wins)."""
+    from container.engine.sampler import uniform_noise
+
+    seeds = torch.arange(4096, dtype=torch.int64) * 7919
+    noise = uniform_noise(seeds, torch.zeros_like(seeds), 4096)
+    assert float(noise.max()) < 1.0 and float(noise.min()) > 0.0
+    logits = torch.full((64, 4096), float("-inf"))
+    logits[:, :3] = 0.0                        # only three tokens possible
+    batch = SamplingBatch.build(rows(64, seed=0), torch.device("cpu"))
+    batch.seed = torch.arange(64, dtype=torch.int64) * 104729
+    batch.step = torch.arange(64, dtype=torch.int64)
+    tokens, _ = sample(logits, batch)
+    assert int(tokens.max()) < 3

@@ -156,7 +156,10 @@ def uniform_noise(seed: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.T
     ids = torch.arange(vocab, device=seed.device, dtype=torch.int64)
     x = _hash32((key.unsqueeze(1) + ids * 0x9E3779B1) & _MASK32)
     x = _hash32(x ^ key.unsqueeze(1))
-    return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    # 23 bits: (2**23 - 0.5) / 2**23 is still below 1 in float32, where 24 bits round the top
+    # value up to 1.0; -log(1) = 0 then made the race divide by zero, and a token of zero
+    # probability (masked, outside top-k) could win as NaN.
+    return ((x >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def apply_repetition_penalty(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
