@@ -432,8 +432,11 @@ def test_free_requests_are_unchanged_by_processed_neighbours(server, tokenizer, 
 
 
 @pytest.mark.parametrize("path, body, field", [
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
+    ("/v1/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
      "tools"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
+     "option.tool_call_parser"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
     ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
     ("/v1/completions", {"use_beam_search": True}, "use_beam_search"),
     ("/v1/completions", {"suffix": "end"}, "suffix"),
@@ -561,3 +564,86 @@ def test_bad_grammars_are_a_400_with_the_reason(server, body, words):
     assert response.status_code == 400, response.text
     for word in words:
         assert word in response.json()["message"]
+
+
+# D. tool calling ------------------------------------------------------------------------------
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                     "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "integer", "minimum": -12,
+                                              "maximum": 14}},
+    "required": ["zone"], "additionalProperties": False}}}
+
+
+def test_required_and_named_tool_choice_give_valid_calls(server):
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    for seed in range(3):
+        for choice, parallel in [("required", True), ("required", False),
+                                 ({"type": "function", "function": {"name": "get_time"}}, True)]:
+            body = post(server, "/v1/chat/completions", {
+                "messages": [{"role": "user", "content": "weather?"}], "tools": [WEATHER, TIME],
+                "tool_choice": choice, "parallel_tool_calls": parallel, "max_tokens": 120,
+                "temperature": 1.0, "seed": seed})
+            choice_out = body["choices"][0]
+            assert choice_out["finish_reason"] == "tool_calls", choice_out
+            calls = choice_out["message"]["tool_calls"]
+            assert calls and (parallel or len(calls) == 1)
+            for call in calls:
+                assert call["type"] == "function" and call["id"].startswith("call_")
+                name = call["function"]["name"]
+                if isinstance(choice, dict):
+                    assert name == "get_time"
+                jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[name])
+
+
+def test_streamed_tool_call_argument_deltas(server):
+    events = sse_events(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "time?"}], "tools": [WEATHER, TIME],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 80, "stream": True, "temperature": 1.0, "seed": 2})
+    deltas = [d for e in events for c in e["choices"] for d in c["delta"].get("tool_calls", [])]
+    assert deltas[0]["function"]["name"] == "get_weather" and deltas[0]["id"]
+    arguments = "".join(d["function"]["arguments"] for d in deltas)
+    assert set(json.loads(arguments)) == {"city", "unit"}
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_tool_choice_none_is_plain_text_and_bad_tools_are_400(server):
+    body = post(server, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER],
+        "tool_choice": "none", "max_tokens": 3, "ignore_eos": True})
+    assert "tool_calls" not in body["choices"][0]["message"]
+    for bad, words in [({"tools": [{"type": "function"}]}, "tools.0"),
+                       ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {
+                           "name": "nope"}}}, "no tool named"),
+                       ({"tools": [WEATHER], "tool_choice": "required",
+                         "response_format": {"type": "json_object"}}, "cannot be combined")]:
+        response = requests.post(server.url("/v1/chat/completions"), json={
+            "messages": [{"role": "user", "content": "hi"}], **bad}, timeout=30)
+        assert response.status_code == 400 and words in response.json()["message"], response.text
+
+
+@pytest.mark.parametrize("parser, text, content, calls", [
+    ("hermes", 'Sure.<tool_call>{"name": "get_time", "arguments": {"zone": 2}}</tool_call>',
+     "Sure.", [("get_time", {"zone": 2})]),
+    ("hermes", "no call here", "no call here", []),
+    ("llama3_json", '{"name": "get_time", "parameters": {"zone": 1}}; '
+                    '{"name": "get_weather", "parameters": {"city": "Oslo", "unit": "c"}}',
+     None, [("get_time", {"zone": 1}), ("get_weather", {"city": "Oslo", "unit": "c"})]),
+    ("mistral", 'x [TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": 3}}]', "x",
+     [("get_time", {"zone": 3})]),
+    ("pythonic", '[get_weather(city="Rome", unit="f"), get_time(zone=-1)]', None,
+     [("get_weather", {"city": "Rome", "unit": "f"}), ("get_time", {"zone": -1})]),
+    ("pythonic", "[broken(", "[broken(", []),
+])
+def test_tool_call_parsers(parser, text, content, calls):
+    from container.frontend.tool_calls import ToolPlan
+
+    plan = ToolPlan([WEATHER, TIME], "auto", True, parser)
+    got_content, got_calls = plan.calls(text)
+    assert got_content == content
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got_calls] \
+        == calls

@@ -212,7 +212,9 @@ class LLMEngine:
             seq.token_ids[position] = token
             reason = self._stop_reason(seq, token, position)
             if seq.matcher is not None and not reason:
-                seq.matcher.accept_token(token)
+                if not seq.matcher.accept_token(token):
+                    log.warning("request %s: token %d is outside its grammar", seq.request_id,
+                                token)
                 if seq.matcher.is_terminated():
                     reason = "eos_token"                # the grammar is complete
             if reason:

@@ -27,6 +27,7 @@ from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, l
                              lmi_top_tokens)
 from .http_utils import engine_request_id
 from .structured_output import structured_from
+from .tool_calls import ToolPlan, argument_deltas
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
                       validate)
 
@@ -326,7 +327,10 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         raise bad_request(f"messages: {exc}") from None
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs: needs logprobs=true")
-    text = ctx.tokenizer.apply_chat_template(messages)
+    tools = ToolPlan(req.tools, req.tool_choice, req.parallel_tool_calls,
+                     ctx.config.option("tool_call_parser"))
+    offered = tools.template_tools()
+    text = ctx.tokenizer.apply_chat_template(messages, **({"tools": offered} if offered else {}))
     ctx.check_text(text, "messages")
     ids = ctx.tokenizer.encode(text, add_special_tokens=False)     # as encode_chat does
     max_tokens = req.max_completion_tokens or req.max_tokens or max(
@@ -334,6 +338,12 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     ctx.check_length(ids, max_tokens, "messages")
     ctx.check_count(req.n, "n")
     sampling = _openai_sampling(ctx, req, max_tokens, req.logprobs, req.top_logprobs)
+    if tools.grammar() is not None:
+        if sampling.structured is not None:
+            raise bad_request(f"tool_choice: {tools.choice!r} writes the calls through a "
+                              "grammar, so it cannot be combined with response_format or "
+                              "guided decoding")
+        sampling = msgspec.structs.replace(sampling, structured=tools.grammar())
     generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n)
     created = int(time.time())
     cid = f"chatcmpl-{request_id}"
@@ -347,9 +357,7 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         results = wait_all_staggered(generations)
         body = {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                         "logprobs": logprobs_of(r.tokens),
-                         "finish_reason": OPENAI_FINISH.get(r.finish_reason, "stop")}
+            "choices": [_chat_choice(i, r, tools, logprobs_of(r.tokens))
                         for i, r in enumerate(results)],
             "usage": _usage(results, len(ids)),
         }
@@ -368,19 +376,38 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         for index in range(len(generations)):
             yield chunk(index, {"role": "assistant", "content": ""})
         for index, piece in _chain(first, pieces):
-            lp = logprobs_of(piece.tokens)
-            if piece.text or (lp and lp["content"]):
-                yield chunk(index, {"content": piece.text}, logprobs=lp)
             generation = generations[index]
-            if generation.done:
-                yield chunk(index, {}, finish=OPENAI_FINISH.get(generation.result.finish_reason,
-                                                                "stop"))
+            lp = logprobs_of(piece.tokens)
+            # with tools the text may be a call: it is held back until the call is known
+            if (piece.text or (lp and lp["content"])) and not tools.active:
+                yield chunk(index, {"content": piece.text}, logprobs=lp)
+            if not generation.done:
+                continue
+            finish = OPENAI_FINISH.get(generation.result.finish_reason, "stop")
+            if tools.active:
+                content, calls = tools.calls(generation.result.text)
+                if content:
+                    yield chunk(index, {"content": content})
+                for number, call in enumerate(calls):
+                    for delta in argument_deltas(call, number):
+                        yield chunk(index, {"tool_calls": [delta]})
+                finish = "tool_calls" if calls else finish
+            yield chunk(index, {}, finish=finish)
         if include_usage:
             yield chunk(0, {}, usage=_usage([g.result for g in generations], len(ids)))
         if sse:
             yield b"data: [DONE]\n\n"
 
     return _streaming_response(events(), "text/event-stream" if sse else "application/jsonlines")
+
+
+def _chat_choice(index: int, result: Result, tools: ToolPlan, logprobs) -> dict:
+    content, calls = tools.calls(result.text) if tools.active else (result.text, [])
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "tool_calls" if calls else OPENAI_FINISH.get(result.finish_reason, "stop")
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _first_piece_merged(generations: list[Generation]):

@@ -7,7 +7,7 @@ Validation errors become 400 with a message naming the field and what is allowed
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
                       field_validator, model_validator)
@@ -33,11 +33,12 @@ NOT_IMPLEMENTED = {
 }
 
 
-def refuse_unimplemented(value, where: str = ""):
-    """A before-validator: 400 for a field of NOT_IMPLEMENTED set to something not "off"."""
+def refuse_unimplemented(value, where: str = "", implemented=frozenset()):
+    """A before-validator: 400 for a field of NOT_IMPLEMENTED set to something not "off"
+    (implemented: the names this schema does handle)."""
     if isinstance(value, dict):
         for name, off in NOT_IMPLEMENTED.items():
-            if name in value and value[name] not in off:
+            if name in value and name not in implemented and value[name] not in off:
                 raise bad_request(f"{where}{name}: not supported by this server; remove it "
                                   f"(or set it to {off[0]!r})" if off[0] is not None else
                                   f"{where}{name}: not supported by this server; remove it")
@@ -205,10 +206,12 @@ class _OpenAICommon(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = Field(None, description="EBNF (xgrammar's dialect)")
 
+    IMPLEMENTED: ClassVar[frozenset] = frozenset()
+
     @model_validator(mode="before")
     @classmethod
     def _unimplemented(cls, value):
-        return refuse_unimplemented(value)
+        return refuse_unimplemented(value, implemented=cls.IMPLEMENTED)
 
     @field_validator("logit_bias")
     @classmethod
@@ -225,7 +228,17 @@ class _OpenAICommon(BaseModel):
 
 
 class ChatCompletionRequest(_OpenAICommon):
+    IMPLEMENTED: ClassVar[frozenset] = frozenset({"tools", "tool_choice",
+                                                  "parallel_tool_calls"})
+
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict] | None = Field(None, max_length=128, description=
+                                     '[{"type": "function", "function": {"name", '
+                                     '"description", "parameters"}}]')
+    tool_choice: str | dict | None = Field(None, description='"none" | "auto" (needs '
+                                           'option.tool_call_parser) | "required" | '
+                                           '{"type": "function", "function": {"name"}}')
+    parallel_tool_calls: bool = True
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     logprobs: bool = False
