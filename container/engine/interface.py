@@ -24,6 +24,9 @@ class TokenOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     error: str | None = None           # with finish_reason "error": what went wrong, for the client
+    top_logprobs: list | None = None   # per new token: [(token id, log-prob)], best first
+    prompt_logprobs: list[float] | None = None      # once: prompt tokens 1..P-1
+    prompt_top_logprobs: list | None = None
 
     @property
     def finished(self) -> bool:

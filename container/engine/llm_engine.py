@@ -15,7 +15,8 @@ import torch
 from ..workers.protocol import SamplingParams
 from .interface import TokenOutput
 from .model_runner import ModelRunner, StepPlan
-from .sampler import SamplingBatch, sample, sampling_row
+from .prompt_logprobs import plan_prompt_rows
+from .sampler import SamplingBatch, pack_logprobs, sample_with_top, sampling_row, unpack_logprobs
 from .scheduler import Scheduler
 from .sequence import Sequence
 
@@ -33,32 +34,38 @@ class Launched:
         self.sampled: list[tuple[Sequence, int]] = []   # (sequence, index of its new token)
         self.rows: dict[int, int] = {}                  # id(sequence) -> row in tokens
         self.tokens: torch.Tensor | None = None         # on the device
-        self.logprobs: torch.Tensor | None = None
+        self.logprobs: torch.Tensor | None = None       # [rows, 1 + 2k] packed (sampler.py)
+        self.prompt_logprobs: torch.Tensor | None = None   # the same, for prompt targets
+        self.prompt_targets: list[tuple[Sequence, int]] = []
         self._host = None
         self._event = None
 
     def copy_to_host(self) -> None:
-        if self.tokens.is_cuda:
-            host_tokens = torch.empty(self.tokens.shape, dtype=self.tokens.dtype, pin_memory=True)
-            host_tokens.copy_(self.tokens, non_blocking=True)
-            host_logprobs = None
-            if self.logprobs is not None:
-                host_logprobs = torch.empty(self.logprobs.shape, dtype=self.logprobs.dtype,
-                                            pin_memory=True)
-                host_logprobs.copy_(self.logprobs, non_blocking=True)
+        """Start the copies of the step's results; one event marks them all done."""
+        values = (self.tokens, self.logprobs, self.prompt_logprobs)
+        if self.tokens is not None and self.tokens.is_cuda or \
+                self.prompt_logprobs is not None and self.prompt_logprobs.is_cuda:
+            host = []
+            for value in values:
+                if value is None:
+                    host.append(None)
+                    continue
+                pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                pinned.copy_(value, non_blocking=True)
+                host.append(pinned)
             self._event = torch.cuda.Event()
             self._event.record()
-            self._host = (host_tokens, host_logprobs)
+            self._host = tuple(host)
         else:
-            self._host = (self.tokens, self.logprobs)
+            self._host = values
 
-    def host_values(self) -> tuple[list[int], list[float] | None]:
+    def host_values(self) -> tuple[list[int], list | None, list | None]:
         if self._host is None:
-            return [], None
+            return [], None, None
         if self._event is not None:
             self._event.synchronize()
-        tokens, logprobs = self._host
-        return tokens.tolist(), (logprobs.tolist() if logprobs is not None else None)
+        return tuple(v.tolist() if v is not None else (None if i else []) for i, v in
+                     enumerate(self._host))
 
 
 class LLMEngine:
@@ -74,6 +81,8 @@ class LLMEngine:
         self.max_model_len = max_model_len
         self.plan_channel = plan_channel
         self.sequences: dict[str, Sequence] = {}
+        self.tokenizer_dir: str | None = None         # for structured output (set by service)
+        self._structured = None                        # StructuredDecoding, on first use
         self.seconds: dict[str, float] = defaultdict(float)   # time per phase of step()
         self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
                          "chunked_prefill_steps": 0, "cached_prompt_tokens": 0,
@@ -83,6 +92,8 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
                     owner: bytes = b"") -> Sequence:
         seq = Sequence(request_id, list(prompt_token_ids), sampling, owner)
+        if sampling.structured is not None:
+            seq.matcher = self._grammar_matcher(sampling.structured)     # ValueError: refused
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         return seq
@@ -130,11 +141,11 @@ class LLMEngine:
         return outputs
 
     def _can_overlap(self) -> bool:
-        # A repetition penalty needs every real token before sampling: run step by step.
+        # A penalty over past tokens needs every real token before sampling: step by step.
         if not self.overlap:
             return False
-        return not any(s.sampling.repetition_penalty != 1.0 for s in self.scheduler.running) \
-            and not any(s.sampling.repetition_penalty != 1.0 for s in self.scheduler.waiting)
+        return not any(_needs_history(s.sampling) for s in self.scheduler.running) \
+            and not any(_needs_history(s.sampling) for s in self.scheduler.waiting)
 
     def _launch(self) -> "Launched | None":
         clock = time.perf_counter
@@ -145,8 +156,9 @@ class LLMEngine:
         self._count(decision)
         planned = clock()
         previous = self.in_flight
+        prompt_rows, prompt_targets = plan_prompt_rows(decision.scheduled)
         plan = StepPlan.build(decision.scheduled, self.runner.block_size,
-                              previous.rows if previous else None)
+                              previous.rows if previous else None, prompt_rows)
         if self.plan_channel is not None:
             self.plan_channel.send(plan)
         launched = clock()
@@ -156,15 +168,19 @@ class LLMEngine:
         for item in decision.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
         result = Launched(decision.scheduled)
+        if prompt_targets:
+            result.prompt_targets = prompt_targets
+            result.prompt_logprobs = self._prompt_logprobs(prompt_targets, logits.device)
         if sampling:
             batch = SamplingBatch.build([self._sampling_row(seq) for seq in sampling],
                                         logits.device)
             greedy = self.runner.greedy_tokens
-            if greedy is not None and batch.all_greedy and batch.penalty_tokens is None \
-                    and not batch.want_logprobs:
+            if any(seq.matcher is not None for seq in sampling):
+                batch.token_bitmask = self._structured.bitmask([s.matcher for s in sampling])
+            if greedy is not None and batch.plain_greedy:
                 tokens, logprobs = greedy, None        # the decode graph's own argmax
             else:
-                tokens, logprobs = sample(logits, batch)
+                tokens, logprobs = sample_with_top(logits, batch)
             # other ranks resolve the next step's placeholders from these (no host round trip)
             tokens = self.runner.tp.broadcast_tokens(tokens.contiguous())
             result.tokens, result.logprobs = tokens, logprobs
@@ -172,6 +188,7 @@ class LLMEngine:
                 seq.token_ids.append(PLACEHOLDER)        # its value arrives in _finalize
                 result.rows[id(seq)] = row
                 result.sampled.append((seq, len(seq.token_ids) - 1))
+        if sampling or prompt_targets:
             result.copy_to_host()
         self.seconds["schedule"] += planned - started
         self.seconds["plan"] += launched - planned
@@ -181,23 +198,40 @@ class LLMEngine:
 
     def _finalize(self, launched: "Launched") -> list[TokenOutput]:
         started = time.perf_counter()
-        tokens, logprobs = launched.host_values()       # waits for that step's GPU work
+        tokens, logprobs, prompt_logprobs = launched.host_values()   # waits for the GPU work
         waited = time.perf_counter()
         outputs: list[TokenOutput] = []
+        for (seq, _), row in zip(launched.prompt_targets, prompt_logprobs or ()):
+            value, top = unpack_logprobs(row, seq.sampling.prompt_logprobs)
+            seq.prompt_logprobs.append(value)
+            seq.prompt_top_logprobs.append(top)
         for i, (seq, position) in enumerate(launched.sampled):
             if seq.is_finished:                          # aborted, or stopped, while in flight
                 continue
             token = tokens[i]
             seq.token_ids[position] = token
             reason = self._stop_reason(seq, token, position)
+            if seq.matcher is not None and not reason:
+                if not seq.matcher.accept_token(token):
+                    log.warning("request %s: token %d is outside its grammar", seq.request_id,
+                                token)
+                if seq.matcher.is_terminated():
+                    reason = "eos_token"                # the grammar is complete
             if reason:
                 self.scheduler.finish(seq, reason)
                 self.sequences.pop(seq.request_id, None)
                 self.counters["requests_finished"] += 1
-            outputs.append(TokenOutput(
-                seq.request_id, seq.owner, [token],
-                [logprobs[i]] if logprobs is not None else None, reason,
-                seq.num_prompt_tokens, seq.num_cached_tokens))
+            output = TokenOutput(seq.request_id, seq.owner, [token], None, reason,
+                                 seq.num_prompt_tokens, seq.num_cached_tokens)
+            if logprobs is not None:
+                value, top = unpack_logprobs(logprobs[i], seq.sampling.top_logprobs)
+                output.logprobs = [value]
+                output.top_logprobs = [top] if seq.sampling.top_logprobs else None
+            if seq.sampling.prompt_logprobs >= 0 and not seq.prompt_logprobs_sent:
+                seq.prompt_logprobs_sent = True      # the first output carries them, once
+                output.prompt_logprobs = seq.prompt_logprobs
+                output.prompt_top_logprobs = seq.prompt_top_logprobs
+            outputs.append(output)
         for item in launched.scheduled:
             if not item.seq.is_finished:
                 self.scheduler.blocks.mark_computed(item.seq)
@@ -220,9 +254,30 @@ class LLMEngine:
             if item.samples:
                 counters["generated_tokens"] += 1
 
-    @staticmethod
-    def _sampling_row(seq: Sequence) -> dict:
-        return sampling_row(seq.sampling, seq.seed, seq.num_output_tokens, lambda: seq.token_ids)
+    def _sampling_row(self, seq: Sequence) -> dict:
+        return sampling_row(seq.sampling, seq.seed, seq.num_output_tokens, lambda: seq.token_ids,
+                            self.eos_token_ids if seq.sampling.min_tokens else ())
+
+    def _grammar_matcher(self, spec):
+        if self._structured is None:
+            if self.tokenizer_dir is None:
+                raise ValueError("structured output needs the model's tokenizer")
+            from .structured import StructuredDecoding
+
+            self._structured = StructuredDecoding(self.tokenizer_dir, self.vocab_size,
+                                                  sorted(self.eos_token_ids))
+        try:
+            return self._structured.matcher(spec)
+        except Exception as error:                      # xgrammar's own error types
+            raise ValueError(f"the grammar does not compile: {error}") from None
+
+    def _prompt_logprobs(self, targets: list[tuple[Sequence, int]],
+                         device: torch.device) -> torch.Tensor:
+        """Packed log-probs of the prompt tokens this step scored, on the device."""
+        logits = self.runner.prompt_logits.float()
+        ids = torch.tensor([seq.token_ids[t] for seq, t in targets], dtype=torch.int64)
+        k = max(seq.sampling.prompt_logprobs for seq, _ in targets)
+        return pack_logprobs(torch.log_softmax(logits, dim=-1), ids.to(device), k)
 
     def _stop_reason(self, seq: Sequence, token: int, position: int) -> str | None:
         p = seq.sampling
@@ -234,6 +289,11 @@ class LLMEngine:
         if produced >= p.max_new_tokens or position + 1 >= self.max_model_len:
             return "length"
         return None
+
+
+def _needs_history(p: SamplingParams) -> bool:
+    return (p.repetition_penalty != 1.0 or p.presence_penalty != 0 or p.frequency_penalty != 0
+            or p.structured is not None)          # a grammar's next mask needs the token
 
 
 @torch.inference_mode()

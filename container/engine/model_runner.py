@@ -33,9 +33,20 @@ class StepPlan:
 
     @classmethod
     def build(cls, scheduled: list[ScheduledSeq], block_size: int,
-              previous_rows: dict[int, int] | None = None) -> "StepPlan":
+              previous_rows: dict[int, int] | None = None,
+              prompt_rows: list[int] | None = None) -> "StepPlan":
         """previous_rows: id(sequence) -> row of the previous step's sampled tokens, for
-        sequences whose newest token is still a placeholder (overlapped steps)."""
+        sequences whose newest token is still a placeholder (overlapped steps).
+        prompt_rows: token rows whose logits are wanted besides the sampled ones (prompt
+        log-probs); they trail the plan, after from_previous."""
+        plan = cls._build(scheduled, block_size, previous_rows)
+        if prompt_rows:
+            plan.data = np.concatenate([plan.data, np.asarray(prompt_rows, np.int64)])
+        return plan
+
+    @classmethod
+    def _build(cls, scheduled: list[ScheduledSeq], block_size: int,
+               previous_rows: dict[int, int] | None) -> "StepPlan":
         lens = [s.num_new_tokens for s in scheduled]
         num_tokens, num_seqs = sum(lens), len(scheduled)
         seqs = [s.seq for s in scheduled]
@@ -103,6 +114,7 @@ class StepPlan:
                            ("logits_rows", num_logits), ("from_previous", num_tokens)):
             out[name] = (cursor, size)
             cursor += size
+        out["prompt_rows"] = (cursor, len(self.data) - cursor)
         out["shape"] = (num_seqs, max_blocks)
         out["num_decode"] = (num_decode, 0)
         return out
@@ -149,6 +161,7 @@ class ModelRunner:
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None                     # cuda_graphs.DecodeGraphs once captured
         self.greedy_tokens: torch.Tensor | None = None   # see execute()
+        self.prompt_logits: torch.Tensor | None = None
         self.sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
                          if device.type == "cuda" else 1)
         from .kernels.workspace import DecodeWorkspace
@@ -218,7 +231,7 @@ class ModelRunner:
             decode_splits=self.decode_splits(num_seqs, max_seq_len),
             workspace=self.decode_workspace)
         return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
-                            num_seqs, max_blocks, view("from_previous"))
+                            num_seqs, max_blocks, view("from_previous"), view("prompt_rows"))
 
     def _upload(self, host: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
         """Copy the plan to the GPU without blocking the CPU: from pageable memory the copy
@@ -258,6 +271,7 @@ class ModelRunner:
         After a decode graph step, greedy_tokens holds each row's argmax token (on the
         device), else None."""
         self.greedy_tokens = None
+        self.prompt_logits = None          # [len(prompt_rows), vocab] when the plan has some
         if self.graphs is not None and self.graphs.fits(plan, previous_tokens):
             logits, self.greedy_tokens = self.graphs.run(plan, previous_tokens)
             return logits
@@ -267,7 +281,13 @@ class ModelRunner:
             step.input_ids = torch.where(source >= 0, previous_tokens[source.clamp(min=0)],
                                          step.input_ids)
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.meta)
-        return self.model.compute_logits(hidden[step.logits_rows])
+        extra = step.prompt_rows.numel()
+        if not extra:
+            return self.model.compute_logits(hidden[step.logits_rows])
+        logits = self.model.compute_logits(hidden[torch.cat([step.prompt_rows,
+                                                             step.logits_rows])])
+        self.prompt_logits = logits[:extra]
+        return logits[extra:]
 
 
 @dataclass
@@ -279,3 +299,4 @@ class PreparedStep:
     num_seqs: int
     max_blocks: int
     from_previous: torch.Tensor
+    prompt_rows: torch.Tensor

@@ -110,7 +110,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs \
                 and not out.num_preempted:
             seq = self.waiting[0]
-            cached = self.blocks.cached_prefix(seq)      # a waiting sequence holds no blocks
+            # a waiting sequence holds no blocks; one that wants prompt log-probs computes all
+            cached = [] if seq.needs_prompt_logits else self.blocks.cached_prefix(seq)
             computed = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - computed, budget)
             new_blocks = self.blocks.blocks_for(computed + count) - len(cached)

@@ -35,6 +35,12 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     seed: int = 0
+    # prompt log-probs (sampling.prompt_logprobs >= 0): targets are prompt positions 1..P-1
+    prompt_targets_planned: int = 0          # the highest target position given a logit row
+    prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list = field(default_factory=list)
+    prompt_logprobs_sent: bool = False
+    matcher: object = None                   # xgrammar GrammarMatcher with structured output
 
     def __post_init__(self):
         self.token_ids = list(self.prompt_token_ids)
@@ -42,6 +48,13 @@ class Sequence:
         # Unseeded requests still get a fixed seed, so a preempted request resumes identically.
         self.seed = self.sampling.seed if self.sampling.seed is not None else int.from_bytes(
             os.urandom(8), "little") >> 1
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """True until every prompt position has been planned a logit row: such a sequence
+        must compute its whole prompt, so it takes nothing from the prefix cache."""
+        return self.sampling.prompt_logprobs >= 0 and \
+            self.prompt_targets_planned < self.num_prompt_tokens - 1
 
     @property
     def num_tokens(self) -> int:

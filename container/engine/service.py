@@ -152,6 +152,7 @@ class NativeService:
         self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel,
                                 overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
+        self.engine.tokenizer_dir = str(self.model_dir)       # structured output's grammars
         if device.type == "cuda" and dist.rank == 0:     # other ranks follow its plans later
             self._warm_up()
 

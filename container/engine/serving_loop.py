@@ -99,8 +99,13 @@ class ServingLoop:
             delta = protocol.TokenDelta(request.request_id, [], None, "error", problem)
             self.ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
             return
-        self.engine.add_request(request.request_id, request.prompt_token_ids, request.sampling,
-                                identity)
+        try:
+            self.engine.add_request(request.request_id, request.prompt_token_ids,
+                                    request.sampling, identity)
+        except ValueError as error:             # e.g. a grammar that does not compile
+            delta = protocol.TokenDelta(request.request_id, [], None, "error", str(error))
+            self.ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
+            return
         if request.arrival_time:
             self.queue_time.observe(max(time.time() - request.arrival_time, 0.0))
 
@@ -110,7 +115,8 @@ class ServingLoop:
         for out in outputs:
             by_owner[out.owner].append(protocol.TokenDelta(
                 out.request_id, out.new_token_ids, out.logprobs, out.finish_reason, out.error,
-                out.num_prompt_tokens, out.num_cached_tokens))
+                out.num_prompt_tokens, out.num_cached_tokens, out.top_logprobs,
+                out.prompt_logprobs, out.prompt_top_logprobs))
             if out.finished:
                 finished[out.owner] += 1
         for owner, deltas in by_owner.items():

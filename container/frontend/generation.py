@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 import gevent
+import gevent.event
+import gevent.queue
 
 from ..errors import ServingError
 from ..metrics import metrics
@@ -23,6 +25,7 @@ class TokenInfo:
     text: str                 # this token's own text
     log_prob: float | None
     special: bool
+    top: list[tuple[int, float]] | None = None     # the most likely alternatives, best first
 
 
 @dataclass
@@ -41,6 +44,13 @@ class Result:
     cached_tokens: int = 0
     first_token_time: float | None = None
     started: float = 0.0
+    # prompt tokens 1..P-1 (when asked): their log-probs and top alternatives
+    prompt_logprobs: list[float] | None = None
+    prompt_top_logprobs: list[list[tuple[int, float]]] | None = None
+
+    @property
+    def cumulative_logprob(self) -> float:
+        return sum(t.log_prob or 0.0 for t in self.tokens)
 
     @property
     def generated_tokens(self) -> int:
@@ -50,7 +60,9 @@ class Result:
 class Generation:
     def __init__(self, client: EngineClient, tokenizer: TextTokenizer, request_id: str,
                  prompt_ids: list[int], sampling: protocol.SamplingParams,
-                 stop_sequences: list[str] | None = None):
+                 stop_sequences: list[str] | None = None, discard_output: bool = False):
+        """discard_output: the caller wants only the prompt's log-probs (OpenAI max_tokens=0):
+        the one token the engine must generate is dropped."""
         self.client = client
         self.tokenizer = tokenizer
         self.request_id = request_id
@@ -59,6 +71,8 @@ class Generation:
         self.text = IncrementalText(tokenizer, prompt_ids, stop_sequences)
         self.result = Result("", "length", prompt_tokens=len(prompt_ids), started=time.monotonic())
         self.done = False
+        self.discard_output = discard_output
+        self.first_output = gevent.event.Event()     # set once the prompt is computed
         self._box = None
         self._last_token_time: float | None = None
 
@@ -104,11 +118,20 @@ class Generation:
         if delta.token_ids:
             self._record_token_times(len(delta.token_ids))
         result.cached_tokens = delta.num_cached_tokens
+        if delta.prompt_logprobs is not None:
+            result.prompt_logprobs = delta.prompt_logprobs
+            result.prompt_top_logprobs = delta.prompt_top_logprobs
+        self.first_output.set()
+        if self.discard_output:
+            self.done = bool(delta.finish_reason)     # max_new_tokens=1: this is the last
+            result.finish_reason = "length"
+            return Piece([], "")
         tokens = []
         for i, token in enumerate(delta.token_ids):
             special = token in self.tokenizer.special_ids
             tokens.append(TokenInfo(token, "" if special else self.tokenizer.token_text(token),
-                                    delta.logprobs[i] if delta.logprobs else None, special))
+                                    delta.logprobs[i] if delta.logprobs else None, special,
+                                    delta.top_logprobs[i] if delta.top_logprobs else None))
         result.tokens.extend(tokens)
         update = self.text.add(delta.token_ids)
         text = update.text
@@ -165,3 +188,60 @@ def wait_all(generations: list[Generation]) -> list[Result]:
                     other.client.abort(other.request_id)
             raise job.exception
     return [job.value for job in jobs]
+
+
+def wait_all_staggered(generations: list[Generation]) -> list[Result]:
+    """wait_all for samples of one prompt (n, best_of), the first one ahead (see above)."""
+    if len(generations) == 1:
+        return wait_all(generations)
+    jobs = [gevent.spawn(generations[0].run)]
+    waiter = gevent.spawn(generations[0].first_output.wait)
+    gevent.wait([waiter, jobs[0]], count=1)
+    jobs += [gevent.spawn(g.run) for g in generations[1:]]
+    gevent.joinall(jobs)
+    waiter.kill()
+    for job in jobs:
+        if job.exception is not None:
+            for other in generations:
+                if not other.done and other._box is not None:
+                    other.client.abort(other.request_id)
+            raise job.exception
+    return [job.value for job in jobs]
+
+
+def merged_pieces(generations: list[Generation]):
+    """(index, piece) from several running generations, as they arrive (streaming n > 1)."""
+    if len(generations) == 1:
+        for piece in generations[0].pieces():
+            yield 0, piece
+        return
+    inbox = gevent.queue.Queue()
+
+    def pump(index, generation):
+        try:
+            for piece in generation.pieces():
+                inbox.put((index, piece, None))
+        except BaseException as error:      # noqa: BLE001 - re-raised in the consumer
+            inbox.put((index, None, error))
+        inbox.put((index, None, None))
+
+    jobs = [gevent.spawn(pump, 0, generations[0])]
+    waiter = gevent.spawn(generations[0].first_output.wait)
+    gevent.wait([waiter, jobs[0]], count=1)
+    waiter.kill()
+    jobs += [gevent.spawn(pump, i, g) for i, g in enumerate(generations) if i]
+    open_count = len(jobs)
+    try:
+        while open_count:
+            index, piece, error = inbox.get()
+            if error is not None:
+                raise error
+            if piece is None:
+                open_count -= 1
+                continue
+            yield index, piece
+    finally:
+        gevent.killall([j for j in jobs if not j.dead])
+        for g in generations:
+            if not g.done and g._box is not None:
+                g.client.abort(g.request_id)

@@ -13,17 +13,26 @@ import json
 import time
 from functools import lru_cache
 
+import gevent
+import msgspec
+
 from flask import Response, request
 
 from ..errors import ServingError, bad_request
 from ..text.tokenizer import TextTokenizer
 from ..workers import protocol
 from .engine_client import EngineClient
-from .generation import Generation, Result, wait_all
+from .generation import Generation, Result, merged_pieces, wait_all, wait_all_staggered
+from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, lmi_prefill,
+                             lmi_top_tokens)
 from .http_utils import engine_request_id
+from .structured_output import structured_from
+from .tool_calls import ToolPlan, argument_deltas
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
                       validate)
 
+STRUCTURED_FIELDS = {"response_format", "structured_outputs", "guided_json", "guided_regex",
+                     "guided_choice", "guided_grammar"}
 OPENAI_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
@@ -140,20 +149,28 @@ def _usage_headers(response: Response, results: list[Result]) -> Response:
 
 
 # LMI ---------------------------------------------------------------------------------------------
-def _lmi_sampling(p) -> protocol.SamplingParams:
+def _lmi_sampling(ctx: LlmContext, p) -> protocol.SamplingParams:
+    vocab = int(ctx.info["vocab_size"])
+    if any(t >= vocab for t in p.stop_token_ids):
+        raise bad_request(f"parameters.stop_token_ids: token ids must be in [0, {vocab})")
     return protocol.SamplingParams(
         max_new_tokens=p.max_new_tokens, do_sample=p.do_sample and p.temperature > 0,
         temperature=p.temperature, top_k=max(p.top_k, 0), top_p=p.top_p,
-        repetition_penalty=p.repetition_penalty, seed=p.seed, ignore_eos=p.ignore_eos,
-        logprobs=p.details)
+        typical_p=p.typical_p, min_p=p.min_p, presence_penalty=p.presence_penalty,
+        frequency_penalty=p.frequency_penalty, stop_token_ids=list(p.stop_token_ids),
+        min_tokens=p.min_tokens, repetition_penalty=p.repetition_penalty, seed=p.seed,
+        ignore_eos=p.ignore_eos, logprobs=p.details,
+        top_logprobs=p.top_n_tokens if p.details else 0,
+        prompt_logprobs=0 if p.details and p.decoder_input_details else -1,
+        structured=structured_from(p.model_dump(include=STRUCTURED_FIELDS), "parameters."))
 
 
 def _lmi_token(token, text: str) -> dict:
     return {"id": token.id, "text": text, "log_prob": token.log_prob, "special": token.special}
 
 
-def _lmi_details(result: Result) -> dict:
-    return {
+def _lmi_details(result: Result, tokenizer, params, prompt_ids) -> dict:
+    details = {
         "finish_reason": result.finish_reason,
         "generated_tokens": result.generated_tokens,
         "prompt_tokens": result.prompt_tokens,
@@ -161,13 +178,19 @@ def _lmi_details(result: Result) -> dict:
         "cached_tokens": result.cached_tokens,
         "tokens": [_lmi_token(t, t.text) for t in result.tokens],
     }
+    if params.top_n_tokens:
+        details["top_tokens"] = [lmi_top_tokens(tokenizer, t, params.top_n_tokens)
+                                 for t in result.tokens]
+    if params.decoder_input_details:
+        details["prefill"] = lmi_prefill(tokenizer, prompt_ids, result)
+    return details
 
 
-def _lmi_result(result: Result, prompt: str, params) -> dict:
+def _lmi_result(result: Result, prompt: str, params, tokenizer=None, prompt_ids=None) -> dict:
     text = prompt + result.text if params.return_full_text else result.text
     out = {"generated_text": text}
     if params.details:
-        out["details"] = _lmi_details(result)
+        out["details"] = _lmi_details(result, tokenizer, params, prompt_ids)
     return out
 
 
@@ -178,8 +201,10 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
     ctx.check_count(len(prompts), "inputs")
     if req.stream and len(prompts) > 1:
         raise bad_request("inputs: stream=true takes one input, not a list")
-    sampling = _lmi_sampling(params)
-    generations = []
+    if req.stream and params.decoder_input_details:
+        raise bad_request("parameters.decoder_input_details: not with stream=true")
+    sampling = _lmi_sampling(ctx, params)
+    generations, all_ids = [], []
     for index, prompt in enumerate(prompts):
         field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
         if not params.truncate:
@@ -190,9 +215,11 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
         ctx.check_length(ids, params.max_new_tokens, field)
         rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
         generations.append(ctx.generation(rid, ids, sampling, params.stop_sequences))
+        all_ids.append(ids)
     if not req.stream:
         results = wait_all(generations)
-        bodies = [_lmi_result(r, p, params) for r, p in zip(results, prompts)]
+        bodies = [_lmi_result(r, p, params, ctx.tokenizer, ids)
+                  for r, p, ids in zip(results, prompts, all_ids)]
         payload = bodies[0] if isinstance(req.inputs, str) else bodies
         response = Response(json.dumps(payload, ensure_ascii=False), mimetype="application/json")
         return _usage_headers(response, results)
@@ -208,8 +235,11 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
             for i, token in enumerate(piece.tokens):
                 last_of_piece = i == len(piece.tokens) - 1
                 line = {"token": _lmi_token(token, piece.text if last_of_piece else "")}
+                if params.details and params.top_n_tokens:
+                    line["top_tokens"] = lmi_top_tokens(ctx.tokenizer, token, params.top_n_tokens)
                 if generation.done and last_of_piece:
-                    final = _lmi_result(generation.result, prompts[0], params)
+                    final = _lmi_result(generation.result, prompts[0], params, ctx.tokenizer,
+                                        all_ids[0])
                     line["generated_text"] = final["generated_text"]
                     line["details"] = final.get("details")
                 yield _frame(line, sse)
@@ -218,22 +248,75 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
 
 
 # OpenAI ------------------------------------------------------------------------------------------
-def _openai_sampling(req, max_tokens: int, logprobs: bool) -> protocol.SamplingParams:
+def _openai_sampling(ctx: LlmContext, req, max_tokens: int, logprobs: bool, top: int = 0,
+                     prompt_logprobs: int = -1) -> protocol.SamplingParams:
+    vocab = int(ctx.info["vocab_size"])
+    bias = {int(k): float(v) for k, v in (req.logit_bias or {}).items()}
+    for field, ids in (("logit_bias", bias), ("stop_token_ids", req.stop_token_ids)):
+        if any(t >= vocab for t in ids):
+            raise bad_request(f"{field}: token ids must be in [0, {vocab})")
     return protocol.SamplingParams(
         max_new_tokens=max_tokens, do_sample=req.temperature > 0, temperature=req.temperature,
-        top_k=max(req.top_k, 0), top_p=req.top_p, repetition_penalty=req.repetition_penalty,
-        seed=req.seed, ignore_eos=req.ignore_eos, logprobs=logprobs)
+        top_k=max(req.top_k, 0), top_p=req.top_p, min_p=req.min_p,
+        repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty, logit_bias=bias, min_tokens=req.min_tokens,
+        stop_token_ids=list(req.stop_token_ids), seed=req.seed, ignore_eos=req.ignore_eos,
+        logprobs=logprobs, top_logprobs=top, prompt_logprobs=prompt_logprobs,
+        structured=structured_from(req.model_dump(include=STRUCTURED_FIELDS)))
 
 
-def _usage(result: Result) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.generated_tokens,
-            "total_tokens": result.prompt_tokens + result.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: list[str],
+             count: int, discard_output: bool = False) -> list[Generation]:
+    """`count` generations of one prompt; a seeded request gives sample i the seed + i, so the
+    samples differ yet the response is reproducible."""
+    out = []
+    for i in range(count):
+        params = sampling
+        if i and sampling.seed is not None:
+            params = msgspec.structs.replace(sampling, seed=(sampling.seed + i) % (2**63))
+        rid = request_id if count == 1 else f"{request_id}-s{i}"
+        out.append(Generation(ctx.client, ctx.tokenizer, engine_request_id(rid), ids, params,
+                              stops, discard_output))
+    return out
 
 
-def _chat_logprobs(tokens) -> dict:
-    return {"content": [{"token": t.text, "logprob": t.log_prob, "bytes": list(t.text.encode()),
-                         "top_logprobs": []} for t in tokens]}
+def _best(results: list[Result], n: int) -> list[Result]:
+    """best_of: the n samples with the highest cumulative log-prob, best first."""
+    if len(results) == n:
+        return results
+    return sorted(results, key=lambda r: r.cumulative_logprob, reverse=True)[:n]
+
+
+def _run_groups(groups: list[list[Generation]]) -> list[list[Result]]:
+    """Every prompt's samples concurrently (each group staggered, see generation.py)."""
+    if len(groups) == 1:
+        return [wait_all_staggered(groups[0])]
+    jobs = [gevent.spawn(wait_all_staggered, g) for g in groups]
+    gevent.joinall(jobs)
+    for job in jobs:
+        if job.exception is not None:
+            for group in groups:
+                for g in group:
+                    if not g.done and g._box is not None:
+                        g.client.abort(g.request_id)
+            raise job.exception
+    return [job.value for job in jobs]
+
+
+def _usage(results: list[Result], prompt_tokens: int | None = None) -> dict:
+    """prompt_tokens: counted once per prompt, however many samples it had."""
+    prompt = prompt_tokens if prompt_tokens is not None else sum(r.prompt_tokens for r in results)
+    completion = sum(r.generated_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in results)}}
+
+
+def _check_samples(req, best_of: int) -> None:
+    if best_of < req.n:
+        raise bad_request(f"best_of: must be >= n ({req.n}), got {best_of}")
+    if req.stream and best_of > req.n:
+        raise bad_request("best_of: with stream=true, best_of must equal n")
 
 
 def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
@@ -242,51 +325,99 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         messages = [m.template_dict() for m in req.messages]
     except ValueError as exc:
         raise bad_request(f"messages: {exc}") from None
-    text = ctx.tokenizer.apply_chat_template(messages)
+    if req.top_logprobs and not req.logprobs:
+        raise bad_request("top_logprobs: needs logprobs=true")
+    tools = ToolPlan(req.tools, req.tool_choice, req.parallel_tool_calls,
+                     ctx.config.option("tool_call_parser"))
+    offered = tools.template_tools()
+    text = ctx.tokenizer.apply_chat_template(messages, **({"tools": offered} if offered else {}))
     ctx.check_text(text, "messages")
     ids = ctx.tokenizer.encode(text, add_special_tokens=False)     # as encode_chat does
     max_tokens = req.max_completion_tokens or req.max_tokens or max(
         ctx.max_model_len - len(ids), 1)
     ctx.check_length(ids, max_tokens, "messages")
-    generation = ctx.generation(request_id, ids, _openai_sampling(req, max_tokens, req.logprobs),
-                                req.stop)
+    ctx.check_count(req.n, "n")
+    sampling = _openai_sampling(ctx, req, max_tokens, req.logprobs, req.top_logprobs)
+    if tools.grammar() is not None:
+        if sampling.structured is not None:
+            raise bad_request(f"tool_choice: {tools.choice!r} writes the calls through a "
+                              "grammar, so it cannot be combined with response_format or "
+                              "guided decoding")
+        sampling = msgspec.structs.replace(sampling, structured=tools.grammar())
+    generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n)
     created = int(time.time())
     cid = f"chatcmpl-{request_id}"
     model = req.model or ctx.model_name
+    tokenizer = TokenIdNames(ctx.tokenizer) if req.return_tokens_as_token_ids else ctx.tokenizer
+
+    def logprobs_of(tokens):
+        return chat_logprobs(tokenizer, tokens, req.top_logprobs) if req.logprobs else None
+
     if not req.stream:
-        result = generation.run()
+        results = wait_all_staggered(generations)
         body = {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                         "logprobs": _chat_logprobs(result.tokens) if req.logprobs else None,
-                         "finish_reason": OPENAI_FINISH.get(result.finish_reason, "stop")}],
-            "usage": _usage(result),
+            "choices": [_chat_choice(i, r, tools, logprobs_of(r.tokens))
+                        for i, r in enumerate(results)],
+            "usage": _usage(results, len(ids)),
         }
         return _usage_headers(Response(json.dumps(body, ensure_ascii=False),
-                                       mimetype="application/json"), [result])
-    pieces, first = _first_piece(generation)
+                                       mimetype="application/json"), results)
+    pieces, first = _first_piece_merged(generations)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     envelope = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
 
-    def chunk(delta: dict, finish=None, logprobs=None, usage=None) -> bytes:
-        return _openai_chunk(envelope, {"index": 0, "delta": delta, "logprobs": logprobs,
+    def chunk(index: int, delta: dict, finish=None, logprobs=None, usage=None) -> bytes:
+        return _openai_chunk(envelope, {"index": index, "delta": delta, "logprobs": logprobs,
                                         "finish_reason": finish}, usage, sse)
 
     def events():
-        yield chunk({"role": "assistant", "content": ""})
-        for piece in _chain(first, pieces):
-            lp = _chat_logprobs(piece.tokens) if req.logprobs else None
-            if piece.text or lp:
-                yield chunk({"content": piece.text}, logprobs=lp)
-        result = generation.result
-        yield chunk({}, finish=OPENAI_FINISH.get(result.finish_reason, "stop"))
+        for index in range(len(generations)):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        for index, piece in _chain(first, pieces):
+            generation = generations[index]
+            lp = logprobs_of(piece.tokens)
+            # with tools the text may be a call: it is held back until the call is known
+            if (piece.text or (lp and lp["content"])) and not tools.active:
+                yield chunk(index, {"content": piece.text}, logprobs=lp)
+            if not generation.done:
+                continue
+            finish = OPENAI_FINISH.get(generation.result.finish_reason, "stop")
+            if tools.active:
+                content, calls = tools.calls(generation.result.text)
+                if content:
+                    yield chunk(index, {"content": content})
+                for number, call in enumerate(calls):
+                    for delta in argument_deltas(call, number):
+                        yield chunk(index, {"tool_calls": [delta]})
+                finish = "tool_calls" if calls else finish
+            yield chunk(index, {}, finish=finish)
         if include_usage:
-            yield chunk({}, usage=_usage(result))
+            yield chunk(0, {}, usage=_usage([g.result for g in generations], len(ids)))
         if sse:
             yield b"data: [DONE]\n\n"
 
     return _streaming_response(events(), "text/event-stream" if sse else "application/jsonlines")
+
+
+def _chat_choice(index: int, result: Result, tools: ToolPlan, logprobs) -> dict:
+    content, calls = tools.calls(result.text) if tools.active else (result.text, [])
+    message = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "tool_calls" if calls else OPENAI_FINISH.get(result.finish_reason, "stop")
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _first_piece_merged(generations: list[Generation]):
+    """As _first_piece, for (index, piece) of several samples."""
+    pieces = merged_pieces(generations)
+    try:
+        first = next(pieces)
+    except StopIteration:
+        first = None
+    return pieces, first
 
 
 def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
@@ -298,10 +429,18 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
         prompts = [prompt]
     else:
         prompts = list(prompt)
-    ctx.check_count(len(prompts), "prompt")
+    best_of = req.best_of or req.n
+    _check_samples(req, best_of)
+    ctx.check_count(len(prompts) * best_of, "prompt")
     if req.stream and len(prompts) > 1:
         raise bad_request("prompt: stream=true takes one prompt, not a list")
-    generations, texts = [], []
+    want_logprobs = req.logprobs is not None
+    top = req.logprobs or 0
+    # lm-evaluation-harness scores log-likelihoods with echo, logprobs and max_tokens 0 or 1
+    sampling = _openai_sampling(ctx, req, max(req.max_tokens, 1),
+                                want_logprobs or best_of > req.n, top,
+                                top if (req.echo and want_logprobs) else -1)
+    groups, texts, prompt_ids = [], [], []
     for index, item in enumerate(prompts):
         if isinstance(item, str):
             ctx.check_text(item, f"prompt.{index}")
@@ -309,55 +448,68 @@ def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Respons
         if any(not isinstance(t, int) or t < 0 or t >= int(ctx.info["vocab_size"]) for t in ids):
             raise bad_request(f"prompt.{index}: token ids must be in [0, {ctx.info['vocab_size']})")
         texts.append(item if isinstance(item, str) else ctx.tokenizer.decode(ids))
-        ctx.check_length(ids, req.max_tokens, "prompt")
+        prompt_ids.append(ids)
+        ctx.check_length(ids, max(req.max_tokens, 1), "prompt")
         rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
-        generations.append(ctx.generation(rid, ids, _openai_sampling(req, req.max_tokens,
-                                                                     req.logprobs is not None),
-                                          req.stop))
+        groups.append(_samples(ctx, rid, ids, sampling, req.stop, best_of,
+                               discard_output=req.max_tokens == 0))
     created = int(time.time())
     cid = f"cmpl-{request_id}"
     model = req.model or ctx.model_name
 
-    def logprobs_of(tokens):
-        return {"tokens": [t.text for t in tokens], "token_logprobs": [t.log_prob for t in tokens],
-                "top_logprobs": None, "text_offset": []}
+    names = TokenIdNames(ctx.tokenizer) if req.return_tokens_as_token_ids else ctx.tokenizer
+
+    def logprobs_of(result: Result, index: int, echo: bool):
+        if not want_logprobs:
+            return None
+        offset = 0 if echo else len(texts[index])
+        return completion_logprobs(names, result, top,
+                                   prompt_ids[index] if echo else None, offset)
 
     if not req.stream:
-        results = wait_all(generations)
-        total = Result("", "length")
-        for r in results:
-            total.prompt_tokens += r.prompt_tokens
-            total.tokens += r.tokens
-            total.cached_tokens += r.cached_tokens
+        grouped = _run_groups(groups)
+        choices, everything = [], []
+        for index, results in enumerate(grouped):
+            everything += results
+            for r in _best(results, req.n):
+                choices.append({
+                    "index": len(choices), "text": (texts[index] if req.echo else "") + r.text,
+                    "logprobs": logprobs_of(r, index, req.echo),
+                    "finish_reason": OPENAI_FINISH.get(r.finish_reason, "stop")})
         body = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": i, "text": (texts[i] if req.echo else "") + r.text,
-                             "logprobs": logprobs_of(r.tokens) if req.logprobs is not None else None,
-                             "finish_reason": OPENAI_FINISH.get(r.finish_reason, "stop")}
-                            for i, r in enumerate(results)],
-                "usage": _usage(total)}
+                "choices": choices, "usage": _usage(everything, sum(map(len, prompt_ids)))}
         return _usage_headers(Response(json.dumps(body, ensure_ascii=False),
-                                       mimetype="application/json"), results)
-    generation = generations[0]
-    pieces, first = _first_piece(generation)
+                                       mimetype="application/json"), everything)
+    generations = groups[0]
+    pieces, first = _first_piece_merged(generations)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     envelope = {"id": cid, "object": "text_completion", "created": created, "model": model}
 
-    def chunk(text: str, finish=None, logprobs=None, usage=None) -> bytes:
-        return _openai_chunk(envelope, {"index": 0, "text": text, "logprobs": logprobs,
+    def chunk(index: int, text: str, finish=None, logprobs=None, usage=None) -> bytes:
+        return _openai_chunk(envelope, {"index": index, "text": text, "logprobs": logprobs,
                                         "finish_reason": finish}, usage, sse)
 
     def events():
-        if req.echo:
-            yield chunk(texts[0])
-        for piece in _chain(first, pieces):
-            if piece.text or req.logprobs is not None:
-                yield chunk(piece.text, logprobs=logprobs_of(piece.tokens)
-                            if req.logprobs is not None else None)
-        result = generation.result
-        yield chunk("", finish=OPENAI_FINISH.get(result.finish_reason, "stop"))
+        echoed = set()
+        for index, piece in _chain(first, pieces):
+            generation = generations[index]
+            if req.echo and index not in echoed:      # the prompt's log-probs are here now
+                echoed.add(index)
+                prompt_only = Result("", "length", prompt_logprobs=generation.result
+                                     .prompt_logprobs, prompt_top_logprobs=generation.result
+                                     .prompt_top_logprobs)
+                yield chunk(index, texts[0], logprobs=completion_logprobs(
+                    ctx.tokenizer, prompt_only, top, prompt_ids[0]) if want_logprobs else None)
+            if piece.text or (want_logprobs and piece.tokens):
+                lp = completion_logprobs(names, Result("", "length", tokens=piece.tokens),
+                                         top, None) if want_logprobs else None
+                yield chunk(index, piece.text, logprobs=lp)
+            if generation.done:
+                yield chunk(index, "", finish=OPENAI_FINISH.get(generation.result.finish_reason,
+                                                                "stop"))
         if include_usage:
-            yield chunk("", usage=_usage(result))
+            yield chunk(0, "", usage=_usage([g.result for g in generations], len(prompt_ids[0])))
         if sse:
             yield b"data: [DONE]\n\n"
 

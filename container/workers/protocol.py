@@ -10,6 +10,12 @@ from __future__ import annotations
 import msgspec
 
 
+class StructuredOutput(msgspec.Struct, frozen=True):
+    """A grammar the output must follow (engine/structured.py compiles it with xgrammar)."""
+    kind: str          # json_schema | json_object | regex | choice | ebnf
+    spec: str          # the schema as JSON text, the regex, a JSON list of choices, the EBNF
+
+
 class SamplingParams(msgspec.Struct, frozen=True):
     max_new_tokens: int = 30
     do_sample: bool = False
@@ -21,6 +27,15 @@ class SamplingParams(msgspec.Struct, frozen=True):
     stop_token_ids: list[int] = []
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0           # alternatives per generated token (with logprobs)
+    prompt_logprobs: int = -1       # -1: off; k >= 0: each prompt token's log-prob + top k
+    presence_penalty: float = 0.0   # OpenAI's: on tokens generated so far
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = {}
+    min_tokens: int = 0             # EOS and stop_token_ids are masked until this many
+    min_p: float = 0.0              # 0: off
+    typical_p: float = 1.0          # 1: off
+    structured: StructuredOutput | None = None
 
 
 class HandleRequest(msgspec.Struct, tag="handle", tag_field="kind"):
@@ -87,6 +102,9 @@ class StreamChunk(msgspec.Struct, tag="chunk", tag_field="kind"):
     error: str | None = None
 
 
+TopLogprobs = list[tuple[int, float]]      # (token id, log-prob), most likely first
+
+
 class TokenDelta(msgspec.Struct, array_like=True):
     request_id: str
     token_ids: list[int]
@@ -95,6 +113,10 @@ class TokenDelta(msgspec.Struct, array_like=True):
     error: str | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    top_logprobs: list[TopLogprobs] | None = None     # per token, with logprobs
+    # once, on the first delta: prompt tokens 1..P-1's log-probs (and their top k)
+    prompt_logprobs: list[float] | None = None
+    prompt_top_logprobs: list[TopLogprobs] | None = None
 
 
 class TokenBatch(msgspec.Struct, tag="tokens", tag_field="kind"):
