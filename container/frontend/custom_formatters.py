@@ -134,7 +134,7 @@ def formatted_lmi(ctx, payload: dict, request_id: str, function) -> Response:
     ctx.check_text(req.inputs, "inputs")
     ids = ctx.tokenizer.encode(req.inputs)
     ctx.check_length(ids, params.max_new_tokens, "inputs")
-    generation = ctx.generation(request_id, ids, llm_routes._lmi_sampling(params),
+    generation = ctx.generation(request_id, ids, llm_routes._lmi_sampling(ctx, params),
                                 params.stop_sequences).start()
     steps = formatted_steps(function, req.inputs,
                             payload.get("parameters") or {}, generation)
