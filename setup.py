@@ -33,6 +33,8 @@ setup(
         # Without CUDA: DS_BUILD_OPS=0 pip install '.[deepspeed]' (ops are built when used).
         "deepspeed": ["deepspeed>=0.19"],
         "bench": ["matplotlib>=3.8"],
+        # structured output and tool_choice required/named (vLLM pins the same xgrammar)
+        "structured": ["xgrammar==0.2.8"],
         # The SDK examples and their tests use sagemaker.core (SDK v3); about 1 GB installed.
         "sagemaker": ["sagemaker>=3.20,<4"],
         "test": ["pytest>=8", "requests>=2.31", "psutil>=5.9", "openai>=1.40", "moto[server]>=5",
@@ -42,7 +44,9 @@ setup(
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # the GPU kernels' tests run on CPU through Triton's interpreter
                  "triton>=3.1", "matplotlib>=3.8",
-                 "Pillow>=10"],          # djl_python images (get_as_image, encode_decode)
+                 "Pillow>=10",           # djl_python images (get_as_image, encode_decode)
+                 # OpenAI completeness: lm-eval against its hf backend, schemas by jsonschema
+                 "xgrammar==0.2.8", "lm-eval>=0.4.13", "tenacity>=8", "jsonschema>=4"],
     },
     entry_points={"console_scripts": ["serve=container.cli:main"]},
 )

@@ -234,11 +234,17 @@ def json_object(fields: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 
 LMI_PARAMETERS = ["max_new_tokens", "max_tokens", "do_sample", "temperature", "top_k", "top_p",
                   "repetition_penalty", "seed", "stop_sequences", "stop", "return_full_text",
-                  "details", "ignore_eos", "truncate", "unknown"]
+                  "details", "ignore_eos", "truncate", "top_n_tokens", "decoder_input_details",
+                  "typical_p", "min_p", "presence_penalty", "frequency_penalty",
+                  "stop_token_ids", "min_tokens", "guided_regex", "guided_choice", "guided_json",
+                  "n", "num_beams", "unknown"]
 OPENAI_FIELDS = ["model", "temperature", "top_p", "top_k", "n", "stream", "stream_options", "stop",
                  "seed", "frequency_penalty", "presence_penalty", "repetition_penalty",
                  "ignore_eos", "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs",
-                 "echo", "unknown"]
+                 "echo", "best_of", "logit_bias", "min_tokens", "min_p", "stop_token_ids", "user",
+                 "response_format", "guided_json", "guided_regex", "guided_choice",
+                 "guided_grammar", "structured_outputs", "tools", "tool_choice",
+                 "parallel_tool_calls", "return_tokens_as_token_ids", "suffix", "unknown"]
 short_prompt = st.text(max_size=20).map(json.dumps)
 
 
@@ -248,7 +254,24 @@ def small_value(name: str) -> st.SearchStrategy:
             "max_completion_tokens": ["2"], "temperature": ["0", "0.7", "1e-30"],
             "top_p": ["0.9", "1e-9"], "top_k": ["-1", "0", "5"], "seed": ["0", "7"],
             "stream": ["true", "false"], "details": ["true"], "logprobs": ["true", "0"],
-            "stop_sequences": ['["a"]', '"x"'], "stop": ['["\\n"]'], "truncate": ["3"]}
+            "stop_sequences": ['["a"]', '"x"'], "stop": ['["\\n"]'], "truncate": ["3"],
+            "top_n_tokens": ["0", "2", "21"], "top_logprobs": ["0", "3", "21"],
+            "n": ["1", "2", "17"], "best_of": ["1", "3"], "typical_p": ["0.5", "0"],
+            "min_p": ["0.1", "1"], "presence_penalty": ["0.5", "-2", "3"],
+            "frequency_penalty": ["1"], "stop_token_ids": ["[1]", "[-1]", "[99999999]"],
+            "min_tokens": ["1", "3"], "logit_bias": ['{"3": 5}', '{"x": 1}', '{"1": 101}'],
+            "guided_regex": ['"[ab]{2}"', '"(a"'], "guided_choice": ['["a", "b"]', "[]"],
+            "guided_json": ['{"type": "integer"}', '{"type": "nonsense"}'],
+            "guided_grammar": ['"root ::= \\"a\\""', '"root ::="'],
+            "response_format": ['{"type": "json_object"}', '{"type": "text"}',
+                                '{"type": "json_schema", "json_schema": {"schema": '
+                                '{"type": "boolean"}}}', '{"type": "yaml"}'],
+            "structured_outputs": ['{"choice": ["x"]}', '{"json_object": true}'],
+            "tools": ['[{"type": "function", "function": {"name": "f", "parameters": '
+                      '{"type": "object"}}}]', '[{"type": "function"}]'],
+            "tool_choice": ['"none"', '"auto"', '"required"',
+                            '{"type": "function", "function": {"name": "f"}}'],
+            "echo": ["true"], "suffix": ['"s"'], "decoder_input_details": ["true"]}
     return st.one_of(st.sampled_from(near.get(name, ["true", "1"])), json_text)
 
 
@@ -477,7 +500,11 @@ BAD_NUMBERS = [
     ("/v1/completions", '{"prompt": "hi", "temperature": 2.5}', "temperature"),
     ("/v1/completions", '{"prompt": [-1]}', "prompt"),
     ("/v1/completions", '{"prompt": [99999999999999999999]}', "prompt"),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], "n": 2}', "n"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], "n": 17}', "n"),
+    ("/v1/completions", '{"prompt": "hi", "logprobs": 1e309}', "logprobs"),
+    ("/v1/completions", '{"prompt": "hi", "logit_bias": {"1": NaN}}', "NaN"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], '
+                             '"top_logprobs": -1, "logprobs": true}', "top_logprobs"),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], '
                              '"top_p": -Infinity}', "Infinity"),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x"}], '

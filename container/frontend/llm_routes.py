@@ -204,6 +204,7 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
     if req.stream and params.decoder_input_details:
         raise bad_request("parameters.decoder_input_details: not with stream=true")
     sampling = _lmi_sampling(ctx, params)
+    check_engine_fields(ctx, sampling)
     generations, all_ids = [], []
     for index, prompt in enumerate(prompts):
         field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
@@ -265,10 +266,31 @@ def _openai_sampling(ctx: LlmContext, req, max_tokens: int, logprobs: bool, top:
         structured=structured_from(req.model_dump(include=STRUCTURED_FIELDS)))
 
 
+# What only the native engine's sampler and step plan implement (DeepSpeed and TensorRT-LLM
+# serve the original LMI fields): elsewhere each is a 400 rather than silently ignored.
+NATIVE_ONLY = {"top_logprobs": "top_logprobs / top_n_tokens / logprobs > 0",
+               "prompt_logprobs": "echo with logprobs / decoder_input_details",
+               "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+               "logit_bias": "logit_bias", "min_tokens": "min_tokens", "min_p": "min_p",
+               "typical_p": "typical_p", "structured": "structured output / tool_choice"}
+_DEFAULTS = protocol.SamplingParams()
+
+
+def check_engine_fields(ctx: LlmContext, sampling: protocol.SamplingParams) -> None:
+    engine = ctx.info.get("engine", "native")
+    if engine == "native":
+        return
+    for name, described in NATIVE_ONLY.items():
+        if getattr(sampling, name) != getattr(_DEFAULTS, name):
+            raise bad_request(f"{described}: not supported by engine {engine}; the native "
+                              "engine implements it")
+
+
 def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: list[str],
              count: int, discard_output: bool = False) -> list[Generation]:
     """`count` generations of one prompt; a seeded request gives sample i the seed + i, so the
     samples differ yet the response is reproducible."""
+    check_engine_fields(ctx, sampling)
     out = []
     for i in range(count):
         params = sampling

@@ -123,6 +123,41 @@ _LMI_TOKEN = {
     "required": ["id", "text"],
 }
 
+# OpenAI completions' logprobs: parallel lists, one entry per token (with echo, the prompt's
+# first; its first token has null log-prob and null top_logprobs).
+_COMPLETION_LOGPROBS = {
+    "type": ["object", "null"],
+    "properties": {
+        "tokens": {"type": "array", "items": {"type": "string"}},
+        "token_logprobs": {"type": "array", "items": {"type": ["number", "null"]}},
+        "top_logprobs": {"type": "array", "items": {
+            "type": ["object", "null"], "additionalProperties": {"type": "number"}}},
+        "text_offset": {"type": "array", "items": {"type": "integer"}}},
+}
+
+_CHAT_LOGPROB_ENTRY = {
+    "type": "object",
+    "properties": {"token": {"type": "string"}, "logprob": {"type": "number"},
+                   "bytes": {"type": "array", "items": {"type": "integer"}}},
+}
+
+_CHAT_LOGPROBS = {
+    "type": ["object", "null"],
+    "properties": {"content": {"type": "array", "items": {"allOf": [_CHAT_LOGPROB_ENTRY, {
+        "type": "object", "properties": {"top_logprobs": {
+            "type": "array", "items": _CHAT_LOGPROB_ENTRY}}}]}}},
+}
+
+_TOOL_CALL = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                   "function": {"type": "object", "properties": {
+                       "name": {"type": "string"},
+                       "arguments": {"type": "string", "description": "JSON text"}},
+                       "required": ["name", "arguments"]}},
+    "required": ["id", "type", "function"],
+}
+
 _LMI_RESULT = {
     "type": "object",
     "properties": {
@@ -136,6 +171,12 @@ _LMI_RESULT = {
                 "inputs_tokens": {"type": "integer"},
                 "cached_tokens": {"type": "integer"},
                 "tokens": {"type": "array", "items": _ref("LmiToken")},
+                "top_tokens": {"type": "array", "description": "with top_n_tokens: each "
+                               "token's most likely alternatives",
+                               "items": {"type": "array", "items": _ref("LmiToken")}},
+                "prefill": {"type": "array", "description": "with decoder_input_details: the "
+                            "prompt's tokens (the first with log_prob null)",
+                            "items": _ref("LmiToken")},
             },
         },
     },
@@ -150,7 +191,7 @@ _USAGE = {
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
 }
 
-_FINISH = {"enum": ["stop", "length"]}
+_FINISH = {"enum": ["stop", "length", "tool_calls"]}
 
 _CHAT_COMPLETION = {
     "type": "object",
@@ -162,8 +203,9 @@ _CHAT_COMPLETION = {
             "properties": {
                 "index": {"type": "integer"},
                 "message": {"type": "object", "properties": {
-                    "role": {"const": "assistant"}, "content": {"type": "string"}}},
-                "logprobs": {"type": ["object", "null"]},
+                    "role": {"const": "assistant"}, "content": {"type": ["string", "null"]},
+                    "tool_calls": {"type": "array", "items": _TOOL_CALL}}},
+                "logprobs": _CHAT_LOGPROBS,
                 "finish_reason": _FINISH},
             "required": ["index", "message", "finish_reason"]}},
         "usage": _ref("Usage"),
@@ -179,7 +221,7 @@ _TEXT_COMPLETION = {
         "choices": {"type": "array", "items": {
             "type": "object",
             "properties": {"index": {"type": "integer"}, "text": {"type": "string"},
-                           "logprobs": {"type": ["object", "null"]},
+                           "logprobs": _COMPLETION_LOGPROBS,
                            "finish_reason": _FINISH},
             "required": ["index", "text", "finish_reason"]}},
         "usage": _ref("Usage"),
