@@ -64,3 +64,20 @@ def test_sort_by_expert_pads_each_expert_to_whole_blocks():
     assert block_expert.tolist()[:3] == [0, 1, 2] and set(block_expert.tolist()[3:]) == {-1}
     assert rows.view(-1, 4)[:3].tolist() == [[1, 4, -1, -1], [3, -1, -1, -1],
                                              [0, 2, 5, -1]]
+
+
+@pytest.mark.parametrize("architecture", ["gemma2", "qwen3-moe", "phi3", "mistral-sliding"])
+def test_family_on_the_kernel_path_matches_transformers(monkeypatch, tmp_path, architecture):
+    """The GPU code path of each family (Triton kernels, here interpreted): sliding window and
+    soft-capping (Gemma 2), q/k norm and grouped experts (Qwen3-MoE), partial rotary outside
+    the fused rope kernel (Phi-3), sliding window (Mistral)."""
+    from container.engine.model_config import ModelConfig
+    from test_engine import make_engine, random_prompts, run_staggered
+    from tiny_models import build_model, reference_greedy
+
+    monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1")
+    model_dir = build_model(tmp_path / "m", architecture)
+    prompts = random_prompts(ModelConfig.from_dir(model_dir).vocab_size, count=6)
+    engine = make_engine(model_dir, num_blocks=12, budget=24)
+    assert run_staggered(engine, prompts, 6) == reference_greedy(model_dir, prompts, 6)
+    assert engine.scheduler.total_preemptions > 0
