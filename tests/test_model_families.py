@@ -280,3 +280,34 @@ def test_gemma3_through_serve_names_native_path_and_layers(models, tmp_path):
         server.stop()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert got == reference_greedy(model_dir, [tokenizer(p)["input_ids"] for p in prompts], 10)
+
+
+def _remote_code_checkpoint(source: Path, target: Path) -> Path:
+    """GPT-2 weights behind a config whose classes ship with the checkpoint (auto_map)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "configuration_tinycustom.py").write_text(
+        "from transformers import GPT2Config\n\n"
+        "class TinyCustomConfig(GPT2Config):\n    model_type = 'tinycustom'\n")
+    (target / "modeling_tinycustom.py").write_text(
+        "from transformers import GPT2LMHeadModel\n"
+        "from .configuration_tinycustom import TinyCustomConfig\n\n"
+        "class TinyCustomForCausalLM(GPT2LMHeadModel):\n    config_class = TinyCustomConfig\n")
+    config = json.loads((target / "config.json").read_text())
+    config.update(model_type="tinycustom", architectures=["TinyCustomForCausalLM"], auto_map={
+        "AutoConfig": "configuration_tinycustom.TinyCustomConfig",
+        "AutoModelForCausalLM": "modeling_tinycustom.TinyCustomForCausalLM"})
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_trust_remote_code_is_off_unless_asked(models, tmp_path):
+    from container.engine.models.transformers_fallback import load_transformers_model
+    from container.errors import StartupError
+
+    model_dir = _remote_code_checkpoint(models("gpt2"), tmp_path / "custom")
+    with pytest.raises(StartupError, match="option.trust_remote_code=true"):
+        load_transformers_model(model_dir, torch.float32, torch.device("cpu"), False)
+    model, config = load_transformers_model(model_dir, torch.float32, torch.device("cpu"), True)
+    assert config.architecture == "TinyCustomForCausalLM" and config.num_layers == 2
