@@ -26,7 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from container.engine.kernels import allreduce_norm, fused, gemv, paged_attention, step_inputs
+from container.engine.kernels import allreduce_norm, fused, gemv, moe, paged_attention, step_inputs
 from container.engine.kernels.workspace import DecodeWorkspace
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -139,7 +139,8 @@ def gpu_path_launches() -> list:
                          (paged_attention, "_decode_split_kernel"),
                          (paged_attention, "_decode_merge_kernel"),
                          (step_inputs, "_unpack_decode_kernel"),
-                         (allreduce_norm, "_allreduce_add_norm_kernel")):
+                         (allreduce_norm, "_allreduce_add_norm_kernel"),
+                         (moe, "_moe_gate_up_kernel"), (moe, "_moe_down_kernel")):
         record(module, name, launches)
     bf16 = torch.bfloat16
     hidden, q_heads, kv_heads, dim, page, blocks = 4096, 32, 8, 128, 16, 64
@@ -166,6 +167,20 @@ def gpu_path_launches() -> list:
     paged_attention.DECODE_OVERRIDE = {"block_n": 16, "num_warps": 2, "num_stages": 2}
     paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, 4, workspace)  # + merge
     paged_attention.DECODE_OVERRIDE = None
+    # sliding window and soft-capping (Mistral, Gemma): runtime arguments of the same kernels
+    paged_attention.paged_prefill(q, kv_cache, tables, seq_lens,
+                                  torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32), 1, 0.088,
+                                  window=4096, softcap=50.0)
+    paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, 4, workspace,
+                                 window=4096, softcap=50.0)
+    # grouped expert GEMMs at Mixtral-8x7B's shapes (hidden 4096, 14336 per expert, top 2),
+    # a decode batch (16-row blocks) and a prefill (64-row blocks)
+    for tokens in (4, 512):
+        experts = torch.randint(0, 8, (tokens, 2))
+        moe.grouped_experts(torch.empty(tokens, hidden, dtype=bf16),
+                            torch.empty(8, 2 * 14336, hidden, dtype=bf16),
+                            torch.empty(8, hidden, 14336, dtype=bf16),
+                            torch.rand(tokens, 2), experts)
     step_inputs.unpack_decode_plan(torch.zeros(4096, dtype=torch.int64),
                                    torch.zeros(4, dtype=torch.int64),
                                    *(torch.zeros(4, dtype=torch.int64) for _ in range(3)),

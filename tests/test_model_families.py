@@ -1,5 +1,5 @@
 """Model families of the native engine (Qwen3, Llama 3.2 tied, Qwen2.5, Mistral sliding window,
-Mixtral, Qwen3-MoE, Gemma 2, Gemma 3, Phi-3 with LongRoPE on part of each head) and the transformers path for every other architecture (Falcon, GPT-2),
+Mixtral, Qwen3-MoE, Qwen2-MoE with a shared expert, Gemma 2, Gemma 3, Phi-3 with LongRoPE on part of each head) and the transformers path for every other architecture (Falcon, GPT-2),
 each a tiny random checkpoint made with transformers' own config classes, against transformers'
 generate on the same weights (greedy, fp32): in-process under preemption and chunked prefill,
 at TP=2 over gloo, and through `serve` over HTTP."""
@@ -34,6 +34,7 @@ NATIVE = {   # family -> build_model arguments
     "mistral-sliding-window": ("mistral-sliding", {}),
     "qwen3-moe": ("qwen3-moe", {}),
     "mixtral": ("mixtral", {}),
+    "qwen2-moe-shared-expert": ("qwen2-moe", {}),
     "gemma2": ("gemma2", {}),
     "gemma3": ("gemma3", {}),
     "phi3-longrope": ("phi3", {}),
@@ -132,7 +133,8 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3-moe", "phi3-longrope"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "qwen3-moe", "qwen2-moe-shared-expert",
+                                    "phi3-longrope"])
 def test_tp2_matches_transformers(models, family, tmp_path):
     model_dir = models(family)
     out = tmp_path / "tp2.json"
@@ -249,3 +251,63 @@ def test_longrope_table_switches_to_long_factors_past_the_original_context():
     long, _ = inverse_frequencies(16, 10000.0, scaling, 512, long=True)
     torch.testing.assert_close(table.cos[100], (100 * short).cos() * factor)
     torch.testing.assert_close(table.cos[200], (200 * long).cos() * factor)
+
+
+def test_gemma3_through_serve_names_native_path_and_layers(models, tmp_path):
+    from transformers import AutoTokenizer
+
+    model_dir = models("gemma3")
+    (model_dir / "serving.properties").write_text(
+        "option.num_kv_blocks=24\noption.kv_block_size=8\n"
+        "option.max_rolling_batch_prefill_tokens=32\n")
+    server = ServeProcess(model_dir).start(timeout=180)
+    try:
+        described = requests.get(server.url(f"/models/{server.model_name()}"),
+                                 timeout=10).json()[0]
+        assert described["architecture"] == "Gemma3ForCausalLM"
+        assert described["modelPath"] == "native"
+        assert described["attention"] == ["sliding(8)", "sliding(8)", "full"]
+        prompts = ["the model serves tokens quickly while requests join and leave " * 3,
+                   "café 你好", "a"]
+        got = []
+        for prompt in prompts:
+            response = requests.post(server.url("/invocations"), json={
+                "inputs": prompt, "parameters": {"max_new_tokens": 10, "details": True,
+                                                 "ignore_eos": True}}, timeout=120)
+            assert response.status_code == 200, response.text
+            got.append([t["id"] for t in response.json()["details"]["tokens"]])
+    finally:
+        server.stop()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert got == reference_greedy(model_dir, [tokenizer(p)["input_ids"] for p in prompts], 10)
+
+
+def _remote_code_checkpoint(source: Path, target: Path) -> Path:
+    """GPT-2 weights behind a config whose classes ship with the checkpoint (auto_map)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "configuration_tinycustom.py").write_text(
+        "from transformers import GPT2Config\n\n"
+        "class TinyCustomConfig(GPT2Config):\n    model_type = 'tinycustom'\n")
+    (target / "modeling_tinycustom.py").write_text(
+        "from transformers import GPT2LMHeadModel\n"
+        "from .configuration_tinycustom import TinyCustomConfig\n\n"
+        "class TinyCustomForCausalLM(GPT2LMHeadModel):\n    config_class = TinyCustomConfig\n")
+    config = json.loads((target / "config.json").read_text())
+    config.update(model_type="tinycustom", architectures=["TinyCustomForCausalLM"], auto_map={
+        "AutoConfig": "configuration_tinycustom.TinyCustomConfig",
+        "AutoModelForCausalLM": "modeling_tinycustom.TinyCustomForCausalLM"})
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_trust_remote_code_is_off_unless_asked(models, tmp_path):
+    from container.engine.models.transformers_fallback import load_transformers_model
+    from container.errors import StartupError
+
+    model_dir = _remote_code_checkpoint(models("gpt2"), tmp_path / "custom")
+    with pytest.raises(StartupError, match="option.trust_remote_code=true"):
+        load_transformers_model(model_dir, torch.float32, torch.device("cpu"), False)
+    model, config = load_transformers_model(model_dir, torch.float32, torch.device("cpu"), True)
+    assert config.architecture == "TinyCustomForCausalLM" and config.num_layers == 2

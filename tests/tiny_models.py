@@ -87,6 +87,12 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
             moe_intermediate_size=48, norm_topk_prob=True, decoder_sparse_step=1,
             mlp_only_layers=[], **common)
         cls = transformers.Qwen3MoeForCausalLM
+    elif architecture == "qwen2-moe":     # a shared expert beside the routed ones
+        config = transformers.Qwen2MoeConfig(
+            rope_theta=1000000.0, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+            shared_expert_intermediate_size=80, norm_topk_prob=False, decoder_sparse_step=1,
+            mlp_only_layers=[1], **common)
+        cls = transformers.Qwen2MoeForCausalLM
     elif architecture == "mixtral":
         config = transformers.MixtralConfig(rope_theta=1000000.0, num_local_experts=4,
                                             num_experts_per_tok=2, sliding_window=None, **common)
@@ -143,7 +149,7 @@ def build_model(directory: Path, architecture: str = "llama", seed: int = 0,
         raise ValueError(architecture)
     torch.manual_seed(seed)
     model = cls(config).eval()
-    if architecture in ("qwen3", "qwen3-moe", "gemma2", "gemma3", "phi3"):
+    if architecture in ("qwen3", "qwen3-moe", "qwen2-moe", "gemma2", "gemma3", "phi3"):
         # norms start at 1 (or Gemma's 0): random ones make each norm's weight count
         with torch.no_grad():
             for name, param in model.named_parameters():

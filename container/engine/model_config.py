@@ -20,6 +20,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": ("qwen3", {"qk_norm": True}),
     "MixtralForCausalLM": ("moe", {}),
     "Qwen3MoeForCausalLM": ("moe", {"qk_norm": True}),
+    "Qwen2MoeForCausalLM": ("moe", {"qkv_bias": True}),
     "Gemma2ForCausalLM": ("gemma", {}),
     "Gemma3ForCausalLM": ("gemma", {"qk_norm": True}),
     "Phi3ForCausalLM": ("phi3", {}),
@@ -102,9 +103,9 @@ class ModelConfig:
         if architecture is None:
             raise NotNativeArchitecture(
                 f"architecture {architectures or raw.get('model_type')} is not supported by the "
-                f"native engine; supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama 2/3/3.1, "
-                "Mistral, Qwen2, Qwen3, Mixtral, Qwen3-MoE, Gemma 2/3, Phi-3/4). Other models: write a model.py "
-                "handler or use engine=DeepSpeed")
+                f"native engine; supported: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama 2/3/3.1/"
+                "3.2, Mistral, Qwen2/2.5/3, Mixtral, Qwen2/3-MoE, Gemma 2/3, Phi-3/4); the service "
+                "serves others through transformers")
         hidden_act = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
         if hidden_act not in ACTIVATIONS:
             raise NotNativeArchitecture(f"hidden_act={hidden_act!r} is not supported by the "
