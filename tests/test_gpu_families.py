@@ -58,6 +58,12 @@ def family_model(request, tmp_path_factory):
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    with torch.no_grad():
+        # Random routers put experts within bf16 noise of each other, so any rounding flips a
+        # token's experts and the comparison says nothing; decisive routers keep it meaningful.
+        for name, parameter in model.named_parameters():
+            if name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight"):
+                parameter.mul_(20)
     model.save_pretrained(directory)
     return directory
 
@@ -98,4 +104,24 @@ def test_family_fast_path_greedy_matches_its_reference_path(family_model, monkey
         logits = _last_logits(reference_engine, prompt + a[:first])
         scale = logits.abs().max().item()
         gap = logits.max().item() - logits[a[first]].item()
-        assert gap < 0.02 * scale, f"fork at token {first} is not a near-tie (gap {gap:.3f})"
+        # bf16 holds these logits to 1/32 steps: a near-tie is within a few of them
+        assert gap < 0.03 * scale, f"fork at token {first} is not a near-tie (gap {gap:.3f})"
+
+
+def test_grouped_expert_kernel_matches_the_per_expert_reference():
+    """The MoE Triton kernels (tokens sorted by expert, all experts in one launch) against the
+    per-expert PyTorch path, on the same routing, bf16, sizes from 1 token to a prefill."""
+    from container.engine.kernels.moe import grouped_experts
+    from container.engine.layers.moe import experts_reference, route
+
+    torch.manual_seed(0)
+    experts_count, hidden, inter, top_k = 8, 1024, 512, 2
+    w13 = torch.randn(experts_count, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16) * 0.03
+    w2 = torch.randn(experts_count, hidden, inter, device="cuda", dtype=torch.bfloat16) * 0.03
+    for tokens in (1, 3, 16, 100, 700):
+        x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16)
+        weights, experts = route(torch.randn(tokens, experts_count, device="cuda"), top_k, True)
+        ours = grouped_experts(x, w13, w2, weights, experts).float()
+        expected = experts_reference(x, w13, w2, weights, experts).float()
+        error = ((ours - expected).norm() / expected.norm()).item()
+        assert error < 1e-2, (tokens, error)
