@@ -24,6 +24,25 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def copy_bandwidth_tbps() -> float:
+    """Device copy bandwidth, bytes read + written (the batch-1 roofline's denominator)."""
+    import torch
+
+    src = torch.randn(1 << 30, device="cuda", dtype=torch.bfloat16)   # 2 GiB: many times L2
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / 20
+    return 2 * src.numel() * 2 / seconds / 1e12
+
+
 def word_tokenizer(directory: Path, vocab: int) -> None:
     """Token i is the word "w<i>": prompts of exact lengths for random-weight checkpoints."""
     from tokenizers import Tokenizer, models, pre_tokenizers

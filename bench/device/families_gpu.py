@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import (CKPT, OUT, REPO, first_level, load_generator, log, start_serve,
-                    word_tokenizer, write_llama8b)
+from common import (CKPT, OUT, REPO, copy_bandwidth_tbps, first_level, load_generator, log,
+                    start_serve, word_tokenizer, write_llama8b)
 
 QWEN3 = Path(os.environ.get("QWEN3_DIR", "/tmp/qwen3_8b"))
 SUMMARY: dict = {}
@@ -35,21 +35,8 @@ W1 = ["--concurrency", "1", "--num-prompts", "4", "--input-len", "128", "--outpu
 def phase_env() -> None:
     import torch
 
-    n = 1 << 30
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / 20
     SUMMARY["env"] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                      "copy_TBps": 2 * src.numel() * 2 / seconds / 1e12}
+                      "copy_TBps": copy_bandwidth_tbps()}
     log(f"env: {SUMMARY['env']}")
 
 

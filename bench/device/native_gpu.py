@@ -20,7 +20,8 @@ import json
 import subprocess
 import sys
 
-from common import CKPT, OUT, REPO, first_level, load_generator, log, start_serve, write_llama8b
+from common import (CKPT, OUT, REPO, copy_bandwidth_tbps, first_level, load_generator, log,
+                    start_serve, write_llama8b)
 
 SUMMARY: dict = {}
 
@@ -30,20 +31,8 @@ def phase_env() -> None:
     import triton
 
     device = torch.cuda.get_device_name()
-    n = 1 << 30                                     # 2 GiB of bf16: several times the L2
-    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
+    copy_tbs = copy_bandwidth_tbps()
     start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    seconds = start.elapsed_time(end) / 1000 / 20
-    copy_tbs = 2 * src.numel() * 2 / seconds / 1e12
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
@@ -55,7 +44,7 @@ def phase_env() -> None:
     end.record()
     torch.cuda.synchronize()
     tflops = 2 * 8192 ** 3 / (start.elapsed_time(end) / 1000 / 10) / 1e12
-    del src, dst, a, b
+    del a, b
     torch.cuda.empty_cache()
     SUMMARY["env"] = {"device": device, "torch": torch.__version__, "triton": triton.__version__,
                       "copy_TBps": copy_tbs, "bf16_matmul_TFLOPs": tflops}
