@@ -62,6 +62,15 @@ def test_register_route_describe_scale_and_unregister(server):
     assert target["model"] == "second"
     default_name = server.model_name()
     assert ask(server, f"/predictions/{default_name}").json()["model"] == "main"
+    import boto3                                    # a multi-model endpoint, as boto3 calls it
+
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=server.base, region_name="us-east-1",
+                           aws_access_key_id="x", aws_secret_access_key="x")
+    answer = runtime.invoke_endpoint(EndpointName="mme", TargetModel="m2.tar.gz", Body=b"hi")
+    assert json.loads(answer["Body"].read()) == {"model": "second", "got": "hi"}
+    with pytest.raises(runtime.exceptions.ModelError) as missing:
+        runtime.invoke_endpoint(EndpointName="mme", TargetModel="nope.tar.gz", Body=b"hi")
+    assert missing.value.response["OriginalStatusCode"] == 404
 
     names = [m["modelName"] for m in requests.get(server.url("/models"), timeout=30)
              .json()["models"]]
