@@ -88,6 +88,11 @@ def assert_bad_request(error: ServingError) -> None:
     assert "Traceback" not in error.message
 
 
+class VocabContext:
+    """The one thing the sampling builders read from the served model: its vocabulary size."""
+    info = {"vocab_size": 50_000}
+
+
 def encodable(sampling: protocol.SamplingParams) -> None:
     """What the front end would send the engine: finite, in range, msgpack-encodable."""
     protocol.encode(protocol.GenerateRequest("id", 0, [1, 2], sampling, 0.0))
@@ -113,7 +118,7 @@ def test_lmi_payloads_validate_or_name_the_field(payload):
         isinstance(i, str) for i in request.inputs))
     assert all(s and isinstance(s, str) for s in params.stop_sequences)
     assert len(params.stop_sequences) <= 16
-    encodable(_lmi_sampling(params))
+    encodable(_lmi_sampling(VocabContext(), params))
 
 
 @lru_cache(maxsize=1)
@@ -146,9 +151,9 @@ def test_chat_payloads_validate_render_and_encode_or_name_the_field(payload):
         assert_bad_request(error)
         return
     assert isinstance(text, str) and all(isinstance(i, int) for i in ids)
-    assert request.n == 1 and request.top_logprobs == 0
+    assert request.n >= 1 and request.top_logprobs >= 0
     max_tokens = request.max_completion_tokens or request.max_tokens or 1
-    encodable(_openai_sampling(request, max_tokens, request.logprobs))
+    encodable(_openai_sampling(VocabContext(), request, max_tokens, request.logprobs))
 
 
 @examples(500)
@@ -162,7 +167,8 @@ def test_completion_payloads_validate_or_name_the_field(payload):
     prompt = request.prompt
     assert isinstance(prompt, str) or isinstance(prompt, list) and prompt
     assert isinstance(request.max_tokens, int)          # null means the default, 16
-    encodable(_openai_sampling(request, request.max_tokens, request.logprobs is not None))
+    encodable(_openai_sampling(VocabContext(), request, request.max_tokens,
+                                request.logprobs is not None))
 
 
 nested = st.integers(1, 200_000).map(lambda depth: b"[" * depth + b"]" * (depth % 3))

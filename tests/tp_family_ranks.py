@@ -19,14 +19,11 @@ def rank_main(rank: int, model_dir: str, out: str, port: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from container.engine.block_manager import BlockManager
-    from container.engine.llm_engine import LLMEngine, follow_steps
+    from container.engine.llm_engine import follow_steps
     from container.engine.model_config import ModelConfig
     from container.engine.model_runner import ModelRunner
     from container.engine.parallel import TensorParallel
     from container.engine.plan_channel import PlanChannel
-    from container.engine.scheduler import Scheduler
-    from test_engine import random_prompts, run_staggered
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -38,7 +35,20 @@ def rank_main(rank: int, model_dir: str, out: str, port: str) -> None:
     runner.allocate_kv_cache(40)
     if rank == 1:
         follow_steps(runner, channel, until_idle=True)
-        return
+    else:
+        lead_steps(runner, channel, config, out)
+    # Leaving with gloo's threads still up aborts the process ("terminate called without an
+    # active exception"): meet, then tear the group down on both ranks.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def lead_steps(runner, channel, config, out: str) -> None:
+    from container.engine.block_manager import BlockManager
+    from container.engine.llm_engine import LLMEngine
+    from container.engine.scheduler import Scheduler
+    from test_engine import random_prompts, run_staggered
+
     engine = LLMEngine(runner, Scheduler(BlockManager(40, 4), 8, 24), config.eos_token_ids, 512,
                        channel)
     prompts = random_prompts(config.vocab_size)
