@@ -140,7 +140,8 @@ def gpu_path_launches() -> list:
                          (paged_attention, "_decode_merge_kernel"),
                          (step_inputs, "_unpack_decode_kernel"),
                          (allreduce_norm, "_allreduce_add_norm_kernel"),
-                         (moe, "_moe_gate_up_kernel"), (moe, "_moe_down_kernel")):
+                         (moe, "_moe_gate_up_kernel"), (moe, "_moe_down_kernel"),
+                         (moe, "_pair_gate_up_kernel"), (moe, "_pair_down_kernel")):
         record(module, name, launches)
     bf16 = torch.bfloat16
     hidden, q_heads, kv_heads, dim, page, blocks = 4096, 32, 8, 128, 16, 64
@@ -174,13 +175,17 @@ def gpu_path_launches() -> list:
     paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, 4, workspace,
                                  window=4096, softcap=50.0)
     # grouped expert GEMMs at Mixtral-8x7B's shapes (hidden 4096, 14336 per expert, top 2),
-    # a decode batch (16-row blocks) and a prefill (64-row blocks)
-    for tokens in (4, 512):
+    # one token (the pair kernels), a decode batch (16-row blocks), a prefill (64-row blocks)
+    for tokens in (1, 64, 512):
         experts = torch.randint(0, 8, (tokens, 2))
         moe.grouped_experts(torch.empty(tokens, hidden, dtype=bf16),
                             torch.empty(8, 2 * 14336, hidden, dtype=bf16),
                             torch.empty(8, hidden, 14336, dtype=bf16),
                             torch.rand(tokens, 2), experts)
+    moe.grouped_experts(torch.empty(1, 2048, dtype=bf16),          # Qwen3-30B-A3B: 128, top 8
+                        torch.empty(128, 2 * 768, 2048, dtype=bf16),
+                        torch.empty(128, 2048, 768, dtype=bf16),
+                        torch.rand(1, 8), torch.randint(0, 128, (1, 8)))
     step_inputs.unpack_decode_plan(torch.zeros(4096, dtype=torch.int64),
                                    torch.zeros(4, dtype=torch.int64),
                                    *(torch.zeros(4, dtype=torch.int64) for _ in range(3)),

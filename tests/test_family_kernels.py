@@ -12,6 +12,7 @@ import triton_interpreter
 if not triton_interpreter.enable():
     pytest.fail("triton is not installed: the kernel tests need it (pip install triton)")
 
+from container.engine.kernels import moe  # noqa: E402
 from container.engine.kernels.moe import grouped_experts, sort_by_expert  # noqa: E402
 from container.engine.kernels.paged_attention import paged_decode, paged_prefill  # noqa: E402
 from container.engine.kernels.workspace import DecodeWorkspace  # noqa: E402
@@ -47,7 +48,13 @@ def test_paged_attention_window_and_softcap_match_the_reference(window, softcap,
     (37, 4, 2, 64, 96),       # prefill: every expert busy, runs not a multiple of the block
     (5, 8, 3, 32, 40),
 ])
-def test_grouped_expert_gemm_matches_the_reference(tokens, experts, top_k, hidden, inter):
+@pytest.mark.parametrize("path", ["as chosen", "sorted"])
+def test_grouped_expert_gemm_matches_the_reference(tokens, experts, top_k, hidden, inter, path,
+                                                   monkeypatch):
+    """Few (token, expert) pairs take the direct pair kernels, more the sorted grouped GEMM;
+    "sorted" sends every size through the latter."""
+    if path == "sorted":
+        monkeypatch.setattr(moe, "PAIR_PATH_MAX_PAIRS", 0)
     torch.manual_seed(tokens)
     x = torch.randn(tokens, hidden)
     w13 = torch.randn(experts, 2 * inter, hidden) * 0.1

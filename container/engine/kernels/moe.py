@@ -82,6 +82,106 @@ def _moe_down_kernel(act_ptr, w_ptr, route_ptr, out_ptr, rows_ptr, block_expert_
              acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _pair_gate_up_kernel(x_ptr, w_ptr, experts_ptr, out_ptr, pairs, stride_xt, stride_we,
+                         stride_wn, stride_ot, TOP_K: tl.constexpr, HIDDEN: tl.constexpr,
+                         INTER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The few-token path: one program per (token, slot) pair and block of INTER rows, its
+    expert read straight from the routing (no sort): a GEMV over that expert's gate and up
+    rows, the SiLU product fused in. As kernels/gemv.py: products accumulate per lane and
+    reduce once at the end, so the loop is only loads."""
+    pair = tl.program_id(0)
+    token = pair // TOP_K
+    expert = tl.load(experts_ptr + pair).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < INTER
+    weights = w_ptr + expert * stride_we
+    gate = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for start in range(0, HIDDEN, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        col_ok = cols < HIDDEN
+        mask = row_ok[:, None] & col_ok[None, :]
+        w_gate = tl.load(weights + rows[:, None] * stride_wn + cols[None, :], mask=mask,
+                         other=0.0)
+        w_up = tl.load(weights + (rows[:, None] + INTER) * stride_wn + cols[None, :],
+                       mask=mask, other=0.0)
+        a = tl.load(x_ptr + token * stride_xt + cols, mask=col_ok, other=0.0).to(tl.float32)
+        gate += w_gate.to(tl.float32) * a[None, :]
+        up += w_up.to(tl.float32) * a[None, :]
+    g = tl.sum(gate, 1)
+    activated = g * tl.sigmoid(g) * tl.sum(up, 1)
+    tl.store(out_ptr + pair * stride_ot + rows, activated.to(out_ptr.dtype.element_ty),
+             mask=row_ok)
+
+
+@triton.jit
+def _pair_down_kernel(act_ptr, w_ptr, experts_ptr, route_ptr, out_ptr, pairs, stride_at,
+                      stride_we, stride_wn, stride_ot, HIDDEN: tl.constexpr,
+                      INTER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[pair, n] = route[pair] * (act[pair] . down_e[n]) for the pair's expert e."""
+    pair = tl.program_id(0)
+    expert = tl.load(experts_ptr + pair).to(tl.int64)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < HIDDEN
+    weights = w_ptr + expert * stride_we
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for start in range(0, INTER, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        col_ok = cols < INTER
+        w = tl.load(weights + rows[:, None] * stride_wn + cols[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        a = tl.load(act_ptr + pair * stride_at + cols, mask=col_ok, other=0.0).to(tl.float32)
+        acc += w.to(tl.float32) * a[None, :]
+    out = tl.sum(acc, 1).to(out_ptr.dtype.element_ty).to(tl.float32) * tl.load(route_ptr + pair)
+    tl.store(out_ptr + pair * stride_ot + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+# Up to this many (token, expert) pairs a step reads each pair's expert directly: at batch-1
+# decode the sort's dozen small launches and the grid of mostly idle blocks cost more than
+# the experts' reads. Past it, tokens share experts and the sorted grouped GEMM reads each
+# active expert once.
+PAIR_PATH_MAX_PAIRS = 32
+PAIR_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+                for n, k, w, s in ((4, 1024, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3),
+                                   (16, 512, 8, 3), (16, 256, 4, 4), (32, 256, 8, 3))]
+PAIR_FIXED = {"BLOCK_N": 8, "BLOCK_K": 128}      # Triton's interpreter (CPU tests): no timing
+_pair_gate_up_tuned = triton.autotune(configs=PAIR_CONFIGS,
+                                      key=["pairs", "HIDDEN", "INTER"])(_pair_gate_up_kernel)
+_pair_down_tuned = triton.autotune(configs=PAIR_CONFIGS,
+                                   key=["pairs", "HIDDEN", "INTER"])(_pair_down_kernel)
+
+
+def _pair_launch(kernel, tuned, args, pairs: int, width: int, device, **constants) -> None:
+    if device.type == "cuda":
+        tuned[lambda meta: (pairs, triton.cdiv(width, meta["BLOCK_N"]))](*args, **constants)
+    else:
+        kernel[(pairs, triton.cdiv(width, PAIR_FIXED["BLOCK_N"]))](*args, **constants,
+                                                                   **PAIR_FIXED)
+
+
+def pair_experts(x, w13, w2, route_weights, experts):
+    """The few-token path of grouped_experts (same arguments and result)."""
+    tokens, hidden = x.shape
+    inter = w13.shape[1] // 2
+    top_k = experts.shape[1]
+    pairs = tokens * top_k
+    x = x.contiguous()
+    flat_experts = experts.reshape(-1).contiguous()
+    activated = torch.empty(pairs, inter, dtype=x.dtype, device=x.device)
+    _pair_launch(_pair_gate_up_kernel, _pair_gate_up_tuned,
+                 (x, w13, flat_experts, activated, pairs, x.stride(0), w13.stride(0),
+                  w13.stride(1), activated.stride(0)), pairs, inter, x.device,
+                 TOP_K=top_k, HIDDEN=hidden, INTER=inter)
+    per_pair = torch.empty(pairs, hidden, dtype=x.dtype, device=x.device)
+    route = route_weights.reshape(-1).to(torch.float32).contiguous()
+    _pair_launch(_pair_down_kernel, _pair_down_tuned,
+                 (activated, w2, flat_experts, route, per_pair, pairs, activated.stride(0),
+                  w2.stride(0), w2.stride(1), per_pair.stride(0)), pairs, hidden, x.device,
+                 HIDDEN=hidden, INTER=inter)
+    return per_pair.view(tokens, top_k, hidden).sum(dim=1)
+
+
 def sort_by_expert(experts: torch.Tensor, num_experts: int, block_m: int):
     """(rows [blocks * block_m]: pair index t * k + slot, -1 for padding; block_expert
     [blocks]: the expert of each block, -1 past the end). blocks is a bound fixed by the
@@ -115,6 +215,8 @@ def grouped_experts(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     inter = two_inter // 2
     top_k = experts.shape[1]
     pairs = tokens * top_k
+    if pairs <= PAIR_PATH_MAX_PAIRS:
+        return pair_experts(x, w13, w2, route_weights, experts)
     block_m = 16 if pairs <= 16 * num_experts else 64
     rows, block_expert = sort_by_expert(experts, num_experts, block_m)
     blocks = block_expert.shape[0]
