@@ -318,3 +318,32 @@ def test_required_and_named_stream_their_grammar_output():
     cut = ToolCallStream("required")
     _replay(cut, '[{"name": "get_time", "argum', random.Random(1))
     assert not cut.complete
+
+
+def test_a_marker_that_is_a_special_token_reaches_the_parser(base_model):
+    """Mistral's [TOOL_CALLS] is a special token of its tokenizers: the detokenizer skips
+    special tokens, except the parser's markers."""
+    from container.frontend.tool_calls import ToolPlan
+    from container.text.incremental import IncrementalText
+    from container.text.tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer(base_model)
+    marker = tokenizer.tokenizer.token_to_id("<|user|>")
+    plan = ToolPlan(TOOLS, "auto", True, "mistral")
+    plan_markers = {"mistral": ("<|user|>",)}
+    import container.frontend.tool_calls as module
+    saved, module.MARKERS = module.MARKERS, plan_markers      # <|user|> stands in for it
+    try:
+        kept = plan.marker_tokens(tokenizer)
+    finally:
+        module.MARKERS = saved
+    assert kept == {marker: "<|user|>"}
+    body = tokenizer.encode('hi ', add_special_tokens=False)
+    call = tokenizer.encode('[{"name": "get_time", "arguments": {"zone": 1}}]',
+                            add_special_tokens=False)
+    text = IncrementalText(tokenizer, [], kept_special=kept)
+    out = text.add(body).text + text.add([marker]).text + text.add(call).text + text.finish()
+    assert out == 'hi <|user|>[{"name": "get_time", "arguments": {"zone": 1}}]'
+    plain = IncrementalText(tokenizer, [])
+    assert "<|user|>" not in plain.add(body + [marker] + call).text + plain.finish()
+    assert ToolPlan(TOOLS, "required", True, "mistral").marker_tokens(tokenizer) == {}

@@ -287,7 +287,8 @@ def check_engine_fields(ctx: LlmContext, sampling: protocol.SamplingParams) -> N
 
 
 def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: list[str],
-             count: int, discard_output: bool = False) -> list[Generation]:
+             count: int, discard_output: bool = False,
+             kept_special: dict[int, str] | None = None) -> list[Generation]:
     """`count` generations of one prompt; a seeded request gives sample i the seed + i, so the
     samples differ yet the response is reproducible."""
     check_engine_fields(ctx, sampling)
@@ -298,7 +299,7 @@ def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: 
             params = msgspec.structs.replace(sampling, seed=(sampling.seed + i) % (2**63))
         rid = request_id if count == 1 else f"{request_id}-s{i}"
         out.append(Generation(ctx.client, ctx.tokenizer, engine_request_id(rid), ids, params,
-                              stops, discard_output))
+                              stops, discard_output, kept_special))
     return out
 
 
@@ -367,7 +368,8 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
                               "grammar, so it cannot be combined with response_format or "
                               "guided decoding")
         sampling = msgspec.structs.replace(sampling, structured=tools.grammar())
-    generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n)
+    generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n,
+                           kept_special=tools.marker_tokens(ctx.tokenizer))
     created = int(time.time())
     cid = f"chatcmpl-{request_id}"
     model = req.model or ctx.model_name

@@ -19,6 +19,8 @@ from ..workers.protocol import StructuredOutput
 from .tool_stream import ToolCallStream, parse_all
 
 PARSERS = ("llama3_json", "hermes", "mistral", "pythonic")
+MARKERS = {"hermes": ("<tool_call>", "</tool_call>"), "mistral": ("[TOOL_CALLS]",),
+           "llama3_json": ("<|python_tag|>",), "pythonic": ("<|python_start|>",)}
 
 
 class ToolPlan:
@@ -91,6 +93,19 @@ class ToolPlan:
         if not self.parallel:
             schema["maxItems"] = 1
         return StructuredOutput("json_schema", json.dumps(schema, sort_keys=True))
+
+    def marker_tokens(self, tokenizer) -> dict[int, str]:
+        """The parser's markers that are special tokens of this tokenizer (Mistral's
+        [TOOL_CALLS], Llama's <|python_tag|>): kept in the text so the parser sees them."""
+        if self.choice != "auto":
+            return {}
+        markers = MARKERS.get(self.parser, ())
+        found = {}
+        for token in tokenizer.special_ids:
+            text = tokenizer.token_text(token)
+            if text in markers:
+                found[token] = text
+        return found
 
     def stream(self) -> ToolCallStream:
         """The incremental parser of one sample's text (see tool_stream.py)."""
