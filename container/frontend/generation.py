@@ -60,7 +60,8 @@ class Result:
 class Generation:
     def __init__(self, client: EngineClient, tokenizer: TextTokenizer, request_id: str,
                  prompt_ids: list[int], sampling: protocol.SamplingParams,
-                 stop_sequences: list[str] | None = None, discard_output: bool = False):
+                 stop_sequences: list[str] | None = None, discard_output: bool = False,
+                 kept_special: dict[int, str] | None = None):
         """discard_output: the caller wants only the prompt's log-probs (OpenAI max_tokens=0):
         the one token the engine must generate is dropped."""
         self.client = client
@@ -68,7 +69,7 @@ class Generation:
         self.request_id = request_id
         self.prompt_ids = prompt_ids
         self.sampling = sampling
-        self.text = IncrementalText(tokenizer, prompt_ids, stop_sequences)
+        self.text = IncrementalText(tokenizer, prompt_ids, stop_sequences, kept_special)
         self.result = Result("", "length", prompt_tokens=len(prompt_ids), started=time.monotonic())
         self.done = False
         self.discard_output = discard_output

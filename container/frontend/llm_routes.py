@@ -27,7 +27,7 @@ from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, l
                              lmi_top_tokens)
 from .http_utils import engine_request_id
 from .structured_output import structured_from
-from .tool_calls import ToolPlan, argument_deltas
+from .tool_calls import ToolPlan, template_messages
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
                       validate)
 
@@ -287,7 +287,8 @@ def check_engine_fields(ctx: LlmContext, sampling: protocol.SamplingParams) -> N
 
 
 def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: list[str],
-             count: int, discard_output: bool = False) -> list[Generation]:
+             count: int, discard_output: bool = False,
+             kept_special: dict[int, str] | None = None) -> list[Generation]:
     """`count` generations of one prompt; a seeded request gives sample i the seed + i, so the
     samples differ yet the response is reproducible."""
     check_engine_fields(ctx, sampling)
@@ -298,7 +299,7 @@ def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: 
             params = msgspec.structs.replace(sampling, seed=(sampling.seed + i) % (2**63))
         rid = request_id if count == 1 else f"{request_id}-s{i}"
         out.append(Generation(ctx.client, ctx.tokenizer, engine_request_id(rid), ids, params,
-                              stops, discard_output))
+                              stops, discard_output, kept_special))
     return out
 
 
@@ -347,6 +348,7 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
         messages = [m.template_dict() for m in req.messages]
     except ValueError as exc:
         raise bad_request(f"messages: {exc}") from None
+    messages = template_messages(messages)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs: needs logprobs=true")
     tools = ToolPlan(req.tools, req.tool_choice, req.parallel_tool_calls,
@@ -366,7 +368,8 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
                               "grammar, so it cannot be combined with response_format or "
                               "guided decoding")
         sampling = msgspec.structs.replace(sampling, structured=tools.grammar())
-    generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n)
+    generations = _samples(ctx, request_id, ids, sampling, req.stop, req.n,
+                           kept_special=tools.marker_tokens(ctx.tokenizer))
     created = int(time.time())
     cid = f"chatcmpl-{request_id}"
     model = req.model or ctx.model_name
@@ -395,25 +398,30 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
                                         "finish_reason": finish}, usage, sse)
 
     def events():
+        # with tools, each sample's text goes through its incremental tool-call parser:
+        # content streams as it comes, a call as its name and then pieces of its arguments
+        parsers = [tools.stream() for _ in generations] if tools.active else None
         for index in range(len(generations)):
             yield chunk(index, {"role": "assistant", "content": ""})
         for index, piece in _chain(first, pieces):
             generation = generations[index]
             lp = logprobs_of(piece.tokens)
-            # with tools the text may be a call: it is held back until the call is known
-            if (piece.text or (lp and lp["content"])) and not tools.active:
-                yield chunk(index, {"content": piece.text}, logprobs=lp)
+            if parsers is None:
+                if piece.text or (lp and lp["content"]):
+                    yield chunk(index, {"content": piece.text}, logprobs=lp)
+            else:
+                deltas = parsers[index].feed(piece.text)
+                if generation.done:
+                    deltas += parsers[index].finish()
+                if not deltas and lp and lp["content"]:
+                    deltas = [{"content": ""}]
+                for number, delta in enumerate(deltas):
+                    yield chunk(index, delta, logprobs=lp if number == 0 else None)
             if not generation.done:
                 continue
             finish = OPENAI_FINISH.get(generation.result.finish_reason, "stop")
-            if tools.active:
-                content, calls = tools.calls(generation.result.text)
-                if content:
-                    yield chunk(index, {"content": content})
-                for number, call in enumerate(calls):
-                    for delta in argument_deltas(call, number):
-                        yield chunk(index, {"tool_calls": [delta]})
-                finish = "tool_calls" if calls else finish
+            if parsers is not None and parsers[index].calls and parsers[index].complete:
+                finish = "tool_calls"
             yield chunk(index, {}, finish=finish)
         if include_usage:
             yield chunk(0, {}, usage=_usage([g.result for g in generations], len(ids)))

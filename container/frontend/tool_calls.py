@@ -3,7 +3,8 @@ and the model's text turned into OpenAI tool_calls.
 
 - tool_choice "none": the tools are not offered; plain text.
 - "auto": the model chooses; its text is parsed by option.tool_call_parser (llama3_json,
-  hermes, mistral, pythonic), as vLLM's --tool-call-parser.
+  hermes, mistral, pythonic), as vLLM's --tool-call-parser, incrementally (tool_stream.py):
+  streamed, a call's name goes out as soon as it is written and its arguments piece by piece.
 - "required" / {"type": "function", "function": {"name"}}: the grammar of structured output
   makes the model write the calls as JSON ([{"name", "arguments"}, ...] or that function's
   arguments), so the answer is a valid call whatever the model or parser.
@@ -11,15 +12,15 @@ and the model's text turned into OpenAI tool_calls.
 
 from __future__ import annotations
 
-import ast
 import json
-import re
-import uuid
 
 from ..errors import bad_request
 from ..workers.protocol import StructuredOutput
+from .tool_stream import ToolCallStream, parse_all
 
 PARSERS = ("llama3_json", "hermes", "mistral", "pythonic")
+MARKERS = {"hermes": ("<tool_call>", "</tool_call>"), "mistral": ("[TOOL_CALLS]",),
+           "llama3_json": ("<|python_tag|>",), "pythonic": ("<|python_start|>",)}
 
 
 class ToolPlan:
@@ -93,86 +94,60 @@ class ToolPlan:
             schema["maxItems"] = 1
         return StructuredOutput("json_schema", json.dumps(schema, sort_keys=True))
 
+    def marker_tokens(self, tokenizer) -> dict[int, str]:
+        """The parser's markers that are special tokens of this tokenizer (Mistral's
+        [TOOL_CALLS], Llama's <|python_tag|>): kept in the text so the parser sees them."""
+        if self.choice != "auto":
+            return {}
+        markers = MARKERS.get(self.parser, ())
+        found = {}
+        for token in tokenizer.special_ids:
+            text = tokenizer.token_text(token)
+            if text in markers:
+                found[token] = text
+        return found
+
+    def stream(self) -> ToolCallStream:
+        """The incremental parser of one sample's text (see tool_stream.py)."""
+        return ToolCallStream(self.choice, self.parser, self.named, set(self.by_name),
+                              self.parallel)
+
     def calls(self, text: str) -> tuple[str | None, list[dict]]:
-        """(content left, tool calls) from the generated text."""
-        if self.choice == "named":
-            return None, [_call(self.named, _arguments(text))]
-        if self.choice == "required":
-            try:
-                items = json.loads(text)
-            except ValueError:
-                return text, []              # cut short by max_tokens: leave it as text
-            return None, [_call(i["name"], i.get("arguments", {})) for i in items]
-        if self.choice == "auto":
-            content, calls = parse(self.parser, text)
-            calls = [c for c in calls if c["function"]["name"] in self.by_name]
-            return (content if calls else text), (calls if self.parallel else calls[:1])
-        return text, []
+        """(content left, tool calls) from the whole generated text: the streaming parser run
+        over it at once, so a streamed answer reassembles to exactly this one. A call cut short
+        (max_tokens) leaves the text as content and no calls."""
+        if not self.active:
+            return text, []
+        content, calls, _ = parse_all(self.stream(), text)
+        return content, calls
 
 
-def _arguments(value) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _call(name: str, arguments) -> dict:
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": name, "arguments": _arguments(arguments)}}
-
-
-def _json_calls(items) -> list[dict]:
-    items = items if isinstance(items, list) else [items]
-    calls = []
-    for item in items:
-        if isinstance(item, dict) and isinstance(item.get("name"), str):
-            calls.append(_call(item["name"], item.get("arguments", item.get("parameters", {}))))
-    return calls
-
-
-def parse(parser: str, text: str) -> tuple[str | None, list[dict]]:
-    """One of the model families' tool-call formats -> (content, calls)."""
-    try:
-        if parser == "hermes":                 # <tool_call>{"name", "arguments"}</tool_call>
-            found = re.findall(r"<tool_call>\s*(.*?)\s*</tool_call>", text, re.S)
-            calls = [c for body in found for c in _json_calls(json.loads(body))]
-            content = re.sub(r"<tool_call>.*?</tool_call>", "", text, flags=re.S).strip()
-            return content or None, calls
-        if parser == "mistral":                # [TOOL_CALLS] [{"name", "arguments"}, ...]
-            if "[TOOL_CALLS]" not in text:
-                return text, []
-            before, _, after = text.partition("[TOOL_CALLS]")
-            return before.strip() or None, _json_calls(json.loads(after.strip()))
-        if parser == "llama3_json":            # {"name", "parameters"}; several joined by ;
-            stripped = text.strip().removeprefix("<|python_tag|>").strip()
-            if not stripped.startswith("{"):
-                return text, []
-            decoder, calls, at = json.JSONDecoder(), [], 0
-            while at < len(stripped):
-                item, at = decoder.raw_decode(stripped, at)
-                calls += _json_calls(item)
-                at = len(stripped) - len(stripped[at:].lstrip().lstrip(";").lstrip())
-            return None, calls
-        if parser == "pythonic":               # [get_weather(city="Paris"), ...]
-            stripped = text.strip()
-            if not (stripped.startswith("[") and stripped.endswith("]")):
-                return text, []
-            tree = ast.parse(stripped, mode="eval").body
-            calls = []
-            for node in tree.elts:
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                    calls.append(_call(node.func.id, {k.arg: ast.literal_eval(k.value)
-                                                      for k in node.keywords}))
-            return None, calls
-    except (ValueError, SyntaxError, AttributeError, TypeError):
-        return text, []                         # not a well-formed call: plain text
-    return text, []
-
-
-def argument_deltas(call: dict, index: int, piece: int = 16):
-    """Streamed tool call: the first delta names it, the next ones carry its arguments."""
-    yield {"index": index, "id": call["id"], "type": "function",
-           "function": {"name": call["function"]["name"], "arguments": ""}}
-    arguments = call["function"]["arguments"]
-    for start in range(0, len(arguments), piece):
-        yield {"index": index, "function": {"arguments": arguments[start:start + piece]}}
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as chat templates expect them: an assistant's tool_calls with their JSON
+    `arguments` string as an object (templates write `arguments | tojson` or iterate it), as
+    vLLM hands them over. A string that is not JSON is a 400 naming it."""
+    out = []
+    for i, message in enumerate(messages):
+        calls = message.get("tool_calls")
+        if calls is None:
+            out.append(message)
+            continue
+        if message.get("role") != "assistant" or not isinstance(calls, list):
+            raise bad_request(f"messages.{i}.tool_calls: a list, on an assistant message only")
+        converted = []
+        for j, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            field = f"messages.{i}.tool_calls.{j}"
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise bad_request(f'{field}: must be {{"id", "type": "function", "function": '
+                                  '{"name", "arguments"}}')
+            arguments = function.get("arguments", "{}")
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments) if arguments.strip() else {}
+                except ValueError as exc:
+                    raise bad_request(f"{field}.function.arguments: not valid JSON: {exc}") \
+                        from None
+            converted.append(dict(call, function=dict(function, arguments=arguments)))
+        out.append(dict(message, tool_calls=converted))
+    return out

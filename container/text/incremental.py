@@ -26,8 +26,12 @@ class TextUpdate:
 
 class IncrementalText:
     def __init__(self, tokenizer: TextTokenizer, prompt_ids: list[int],
-                 stop_sequences: list[str] | None = None):
+                 stop_sequences: list[str] | None = None,
+                 kept_special: dict[int, str] | None = None):
+        """kept_special: special tokens whose text stays in the output (a tool-call marker
+        such as Mistral's [TOOL_CALLS], which the parser must see); others are skipped."""
         self.tokenizer = tokenizer.tokenizer
+        self.kept_special = kept_special or {}
         context = [t for t in prompt_ids[-PROMPT_CONTEXT_TOKENS:]
                    if t not in tokenizer.special_ids]
         self.stream = DecodeStream(ids=context, skip_special_tokens=True) if context else \
@@ -44,7 +48,10 @@ class IncrementalText:
             return TextUpdate("", True)
         for token in token_ids:
             piece = self.stream.step(self.tokenizer, token)
-            if piece is None:
+            if token in self.kept_special:
+                self.undecoded = []
+                self.pending += (piece or "") + self.kept_special[token]
+            elif piece is None:
                 self.undecoded.append(token)
             else:
                 self.undecoded = []
