@@ -24,9 +24,10 @@ docker-build-cpu:
 	CONTAINER_ENGINE=$(CONTAINER_ENGINE) docker/build-image.sh --file docker/Dockerfile.cpu \
 	  --tag $(IMAGE_CPU) $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
 
+BUILD_GPU = CONTAINER_ENGINE=$(CONTAINER_ENGINE) docker/build-image.sh --file docker/Dockerfile \
+  --tag $(IMAGE_GPU) $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
 docker-build:
-	CONTAINER_ENGINE=$(CONTAINER_ENGINE) docker/build-image.sh --file docker/Dockerfile \
-	  --tag $(IMAGE_GPU) $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
+	$(BUILD_GPU)
 
 # The pytest module builds the image itself (cached layers make a rebuild take seconds).
 docker-test: install docker-deps
@@ -43,7 +44,7 @@ docker-test-cuda: install docker-deps
 	if [ "$${free_gb:-0}" -lt $(CUDA_MIN_FREE_GB) ]; then \
 	  echo "docker-test-cuda: SKIPPED: $${free_gb:-?} GB free in $$store, the build needs $(CUDA_MIN_FREE_GB)" >&2; \
 	  exit 0; fi; \
-	start=$$(date +%s); nice -n 10 $(MAKE) --no-print-directory docker-build || exit 1; \
+	start=$$(date +%s); nice -n 10 env $(BUILD_GPU) || exit 1; \
 	echo "docker-test-cuda: $(IMAGE_GPU) built in $$(( $$(date +%s) - start )) s," \
 	  "$$(podman image inspect --format '{{.Size}}' $(IMAGE_GPU)) bytes" >&2; \
 	SERVE_TEST_CUDA_IMAGE=1 SERVE_CUDA_IMAGE=$(IMAGE_GPU) $(PY) -m pytest -q -rs -s tests/test_cuda_image.py

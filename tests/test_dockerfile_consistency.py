@@ -56,7 +56,13 @@ def test_make_targets_build_and_check_this_dockerfile():
     build = subprocess.run(["make", "-n", "docker-build"], cwd=REPO, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     assert "--file docker/Dockerfile " in build.stdout and "--tag serve:gpu" in build.stdout
-    docker_mk = (REPO / "docker/docker.mk").read_text()
-    recipe = docker_mk.split("docker-test-cuda:", 1)[1].split("\n\n", 1)[0]
-    assert "docker-build" in recipe and "tests/test_cuda_image.py" in recipe
-    assert "SERVE_TEST_CUDA_IMAGE=1" in recipe
+    check = subprocess.run(["make", "-n", "-o", "install", "-o", "docker-deps", "docker-test-cuda"],
+                           cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert "--file docker/Dockerfile " in check.stdout and "--tag serve:gpu" in check.stdout
+    assert "SERVE_TEST_CUDA_IMAGE=1" in check.stdout and "tests/test_cuda_image.py" in check.stdout
+
+def test_the_nvidia_runtime_is_told_to_expose_the_gpus():
+    # Unset, the NVIDIA container runtime behaves as runc: no GPU in a non-NVIDIA base image.
+    assert re.search(r"^ENV .*NVIDIA_VISIBLE_DEVICES=all", DOCKERFILE, re.M)
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in DOCKERFILE
