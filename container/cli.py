@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("model %s: engine=%s (%s), launcher=%s, tensor_parallel_degree=%d, "
                  "listening on %s:%d", config.model_name, config.engine, config.engine_kind,
                  config.launcher, config.tensor_parallel_degree, args.host, port)
+        if config.gpu_count == 0:
+            log.info("no GPU found (no /dev/nvidiaN device, SM_NUM_GPUS unset): serving on CPU")
         note = placement_note(config)
         if note:
             log.warning("%s", note)

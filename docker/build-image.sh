@@ -6,7 +6,7 @@
 # no registry is reachable here; docker uses the Dockerfile's default base (or --base).
 # The torch wheel pinned by TORCH_VERSION is copied from WHEEL_DIR (default: pip's find-links,
 # /opt/wheels) into the context when it is there, so the build needs no torch download.
-# Nothing else from the host goes in but the CA bundle pip uses here (see below).
+# Nothing else from the host goes in but the CA bundle and package indexes pip uses here (below).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,14 +43,30 @@ mkdir -p "$context"
  | while IFS= read -r -d '' path; do [ -f "$path" ] && printf '%s\0' "$path"; done \
  | xargs -0 cp --parents -t "$context")
 mkdir -p "$context/docker/wheels"
-for wheel in "$wheel_dir"/torch-"$torch_version"[-+]*.whl; do
-  [ -f "$wheel" ] && cp "$wheel" "$context/docker/wheels/"
-done
+# Only for a Dockerfile that reads docker/wheels (the CPU one: the GPU image takes torch's CUDA
+# build from the index, never this machine's CPU wheel).
+if grep -q 'docker/wheels' "$repo/$file"; then
+  for wheel in "$wheel_dir"/torch-"$torch_version"[-+]*.whl; do
+    [ -f "$wheel" ] && cp "$wheel" "$context/docker/wheels/"
+  done
+fi
 # The CA bundle pip trusts on this host (PIP_CERT or pip's `cert` setting), so pip inside the
 # build works behind a TLS-inspecting proxy too; the image adds it to its trust store.
 ca_bundle="${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || true)}"
 mkdir -p "$context/docker/certs"
 [ -n "$ca_bundle" ] && [ -s "$ca_bundle" ] && cp "$ca_bundle" "$context/docker/certs/build-host-ca.crt"
+
+# The package indexes pip uses on this host (a mirror, if it is set up with one), for the pip steps
+# of Dockerfiles that bind-mount docker/pip; file:// indexes are left out (not in the build).
+pip_setting() { python3 -m pip config get "global.$1" 2>/dev/null || true; }
+index_url="${PIP_INDEX_URL:-$(pip_setting index-url)}"
+extra_urls="$(printf '%s\n' ${PIP_EXTRA_INDEX_URL:-$(pip_setting extra-index-url)} | grep -E '^https?://' || true)"
+mkdir -p "$context/docker/pip"
+{
+  echo "[global]"
+  if [ -n "$index_url" ]; then echo "index-url = $index_url"; fi
+  if [ -n "$extra_urls" ]; then echo "extra-index-url = $(echo $extra_urls)"; fi
+} > "$context/docker/pip/pip.conf"
 
 args=(build -f "$context/$file" -t "$tag" --build-arg "TORCH_VERSION=$torch_version")
 if [ "$engine" = podman ]; then

@@ -9,40 +9,26 @@ served when nothing is mounted. The only skip: podman cannot run on this machine
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
-import threading
 import time
-import uuid
-from pathlib import Path
 
 import boto3
 import pytest
 import requests
 from botocore.config import Config
 
-from conftest import REPO, free_port, handler_dir
+from conftest import REPO
+from podman_helpers import (check_embedded_model_answers, check_sigterm_drains, podman_exec,
+                            podman_problem)
+from podman_helpers import containers  # noqa: F401 - the fixture
 from tiny_models import build_model, reference_greedy
 
 pytestmark = pytest.mark.slow
 
-IMAGE = "localhost/serve:cpu-test"
+# SERVE_CPU_TEST_IMAGE: another tag, for a run beside CI's (which builds the default one).
+IMAGE = os.environ.get("SERVE_CPU_TEST_IMAGE", "localhost/serve:cpu-test")
 BUILD_TIMEOUT_S = 3600
-# The flags DESIGN.md §5 found necessary here: runc (crun fails), raised ulimits, host network.
-PODMAN_RUN = ["--runtime", "runc", "--ulimit", "nofile=20000:20000",
-              "--ulimit", "nproc=32768:32768", "--network", "host"]
-
-
-def podman_problem() -> str | None:
-    """Why podman cannot run here (None when it can)."""
-    if shutil.which("podman") is None:
-        return ("podman is not installed: `make docker-deps` installs it from Debian's "
-                "packages (needs root)")
-    info = subprocess.run(["podman", "info"], capture_output=True, text=True)
-    if info.returncode != 0:
-        last = (info.stderr.strip().splitlines() or ["?"])[-1]
-        return f"podman cannot run here: {last}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -57,77 +43,6 @@ def image():
     assert result.returncode == 0, f"image build failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     print(f"\n[container test] image {IMAGE} built in {time.monotonic() - started:.1f}s")
     return IMAGE
-
-
-class Container:
-    """One `podman run -d IMAGE serve`, on a free host port, removed at the end."""
-
-    def __init__(self, image: str, model_dir: Path | None = None, env: dict | None = None,
-                 init: bool = False):
-        self.name = f"serve-test-{uuid.uuid4().hex[:10]}"
-        self.port = free_port()
-        # One OpenMP thread: this test shares a small CI host (oversubscribed threads spin).
-        args = ["podman", "run", "-d", "--name", self.name, *PODMAN_RUN,
-                "-e", f"SAGEMAKER_BIND_TO_PORT={self.port}", "-e", "OMP_NUM_THREADS=1"]
-        if init:
-            args.append("--init")
-        for key, value in (env or {}).items():
-            args += ["-e", f"{key}={value}"]
-        if model_dir is not None:
-            args += ["-v", f"{model_dir}:/opt/ml/model:ro"]
-        self.started = time.monotonic()
-        subprocess.run(args + [image, "serve"], check=True, capture_output=True, text=True)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def logs(self) -> str:
-        result = subprocess.run(["podman", "logs", self.name], capture_output=True, text=True)
-        return result.stdout + result.stderr
-
-    def running(self) -> bool:
-        state = subprocess.run(["podman", "inspect", "-f", "{{.State.Running}}", self.name],
-                               capture_output=True, text=True)
-        return state.stdout.strip() == "true"
-
-    def wait_healthy(self, timeout: float = 180) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise AssertionError(f"the container exited:\n{self.logs()}")
-            try:
-                if requests.get(self.url("/ping"), timeout=1).status_code == 200:
-                    return time.monotonic() - self.started
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"not healthy after {timeout}s:\n{self.logs()}")
-
-    def signal(self, name: str) -> None:
-        subprocess.run(["podman", "kill", "--signal", name, self.name], check=True,
-                       capture_output=True)
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        result = subprocess.run(["podman", "wait", self.name], capture_output=True, text=True,
-                                timeout=timeout)
-        return int(result.stdout.strip().splitlines()[-1])
-
-    def remove(self) -> None:
-        subprocess.run(["podman", "rm", "-f", "-t", "5", self.name], capture_output=True)
-
-
-@pytest.fixture
-def containers():
-    started: list[Container] = []
-
-    def run(*args, **kwargs) -> Container:
-        container = Container(*args, **kwargs)
-        started.append(container)
-        return container
-
-    yield run
-    for container in started:
-        container.remove()
 
 
 def runtime_client(base: str):
@@ -174,48 +89,16 @@ def test_mounted_model_served_with_sagemaker_environment(image, containers, tmp_
 
 @pytest.mark.parametrize("init", [False, True], ids=["tini-pid1", "podman-init"])
 def test_sigterm_drains_the_stream_in_flight_then_exits_zero(image, containers, tmp_path, init):
-    container = containers(image, handler_dir(tmp_path, "streaming"), init=init)
-    container.wait_healthy()
-    lines: list[str] = []
-    first_line = threading.Event()
-
-    def consume():
-        with requests.post(container.url("/invocations"), json={"count": 8, "delay": 0.4},
-                           stream=True, timeout=60) as response:
-            for line in response.iter_lines():
-                lines.append(line.decode())
-                first_line.set()
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    assert first_line.wait(30), container.logs()
-    signalled = time.monotonic()
-    container.signal("TERM")
-    code = container.wait_exit(timeout=60)
-    reader.join(10)
-    print(f"\n[container test] {'--init' if init else 'tini'}: exit {code} "
-          f"{time.monotonic() - signalled:.1f}s after SIGTERM")
-    assert [json.loads(line)["token"] for line in lines] == [f"t{i}" for i in range(8)], \
-        container.logs()
-    assert code == 0, container.logs()
-    assert "draining" in container.logs()
+    check_sigterm_drains(containers, image, tmp_path, init)
 
 
 def test_embedded_smollm2_served_when_nothing_is_mounted(image, containers):
-    container = containers(image)
-    ready = container.wait_healthy(timeout=300)
-    print(f"\n[container test] embedded SmolLM2 container healthy in {ready:.1f}s")
-    assert "serving the embedded model" in container.logs()
-    answer = requests.post(container.url("/invocations"), timeout=120, json={
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "temperature": 0, "max_tokens": 30}).json()
-    assert "Paris" in answer["choices"][0]["message"]["content"]
+    check_embedded_model_answers(containers, image)
 
 
 def test_other_commands_run_as_given(image):
-    result = subprocess.run(["podman", "run", "--rm", *PODMAN_RUN, image, "python", "-c",
-                             "import container, djl_python, torch; print(torch.__version__)"],
-                            capture_output=True, text=True, timeout=120)
+    result = podman_exec(image, "python", "-c",
+                         "import container, djl_python, torch; print(torch.__version__)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().startswith("2.13.0")
 
