@@ -116,7 +116,9 @@ def _multi_node_command(config: ServingConfig, nodes: multinode.Nodes, world: in
         return argv + worker, env
     # c10d: the leader's agent hosts the rendezvous store at SERVING_MASTER_ADDR:PORT; ranks
     # connect to it as clients, so our own numbering (dist_env) holds whoever joins first.
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes.nnodes}",
+    local = ([f"--local_addr={os.environ['SERVING_NODE_ADDR']}"]
+             if os.environ.get("SERVING_NODE_ADDR") else [])   # else the host name's address
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes.nnodes}", *local,
             f"--nproc_per_node={per_node}", "--max_restarts=0", "--rdzv_backend=c10d",
             f"--rdzv_endpoint={nodes.master_addr}:{nodes.master_port}", "--rdzv_id=serve",
             f"--rdzv_conf=is_host={1 if nodes.is_leader else 0}", "--module",
