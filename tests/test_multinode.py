@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ServeProcess, free_port, wait_for
+from conftest import ServeProcess, engine_stats, free_port, wait_for
 from netns_nodes import NodeServe, TwoNodes, netns_available
 from tiny_models import build_model, default_model_dir
 
@@ -142,6 +142,8 @@ def test_torchrun_rendezvous_pp2(torchrun_pp2, reference):
     assert requests.get(worker.url("/ping"), timeout=5).status_code == 200
     assert requests.get(worker.url("/invocations"), timeout=5).status_code == 404
     assert staggered(leader) == reference
+    stats = engine_stats(leader)
+    assert stats["preemptions"] > 0 and stats["chunked_prefill_steps"] > 0, stats
 
 
 def test_torchrun_lws_variables_pp2xtp2(nodes, tiny, reference, tmp_path):
