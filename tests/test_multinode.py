@@ -107,9 +107,17 @@ def test_mpirun_hostfile(nodes, tiny, reference, tmp_path, tp):
     split = "option.pipeline_layer_split=1,2\n" if tp == 2 else ""
     model = model_copy(tiny, tmp_path / "m", f"engine=MPI\noption.pipeline_parallel_degree=2\n"
                        f"option.tensor_parallel_degree={tp}\n{split}")
-    servers = leader_and_worker(nodes, model, [{"SERVING_HOSTFILE": str(hostfile)}])
+    # node B's serve only answers its own /ping: the leader's mpirun starts its ranks
+    servers = leader_and_worker(nodes, model, [
+        {"SERVING_HOSTFILE": str(hostfile)},
+        {"SERVING_NNODES": "2", "SERVING_NODE_RANK": "1", "SERVING_MASTER_ADDR": nodes.addr[0]}])
     try:
-        assert len(ranks(servers[0])) == 2 * tp
+        pids = ranks(servers[0])
+        assert len(pids) == 2 * tp
+        # half the ranks run in node B's network namespace
+        spaces = [os.readlink(f"/proc/{pid}/ns/net") for pid in pids]
+        assert len(set(spaces)) == 2 and spaces[:tp] == [spaces[0]] * tp, spaces
+        assert requests.get(servers[1].url("/ping"), timeout=5).status_code == 200
         assert staggered(servers[0]) == reference
     finally:
         stop_all(servers)
