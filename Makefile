@@ -24,10 +24,14 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# System packages the tests use (Open MPI for mpirun launches). Root on CI; skipped if present.
+# System packages the tests use (Open MPI for mpirun launches, iproute2 for ip netns). Root on CI; skipped if present.
 system-deps:
 	@if ! command -v mpirun >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null; \
+	fi
+	@# `ip netns` for the two-node tests (tests/netns_nodes.py)
+	@if ! command -v ip >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; \
 	fi
 
 default-model: $(DEFAULT_MODEL)/model.safetensors

@@ -46,7 +46,9 @@ setup(
                  "triton>=3.1", "matplotlib>=3.8",
                  "Pillow>=10",           # djl_python images (get_as_image, encode_decode)
                  # OpenAI completeness: lm-eval against its hf backend, schemas by jsonschema
-                 "xgrammar==0.2.8", "lm-eval>=0.4.13", "tenacity>=8", "jsonschema>=4"],
+                 "xgrammar==0.2.8", "lm-eval>=0.4.13", "tenacity>=8", "jsonschema>=4",
+                 # the Kubernetes examples against the Kubernetes JSON schemas (docker/k8s)
+                 "kubernetes-validate>=1.30", "pyyaml>=6"],
     },
     entry_points={"console_scripts": ["serve=container.cli:main"]},
 )

@@ -23,7 +23,8 @@ from .errors import StartupError
 from .logging_setup import setup_logging
 from .model_manager import ModelManager
 from .metrics import prepare_multiprocess_dir
-from .workers.launcher import placement_note
+from .workers import multinode
+from .workers.launcher import placement_note, world_size
 from .workers.rundir import RunDir
 from .workers.supervisor import Supervisor
 
@@ -162,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
                  config.launcher, config.tensor_parallel_degree, args.host, port)
         if config.gpu_count == 0:
             log.info("no GPU found (no /dev/nvidiaN device, SM_NUM_GPUS unset): serving on CPU")
+        nodes = multinode.detect(os.environ, config.option("mpi_hosts"))
+        nodes.ranks_per_node(world_size(config))        # one line if they do not divide
+        if nodes.multi and not nodes.is_leader:
+            from .workers.node_health import run_worker_node
+
+            return run_worker_node(config, listener, nodes)
+        if nodes.multi:
+            log.info("leader of %d nodes (%s); %d ranks, %d per node", nodes.nnodes,
+                     nodes.source, world_size(config), nodes.ranks_per_node(world_size(config)))
         note = placement_note(config)
         if note:
             log.warning("%s", note)

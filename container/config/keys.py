@@ -108,6 +108,9 @@ register(
         "Unset: 1 for handlers, max for LLM engines.", values.text),
     Key("option.mpi_mode", "false", "Launch the ranks with mpirun instead of torchrun.",
         values.boolean),
+    Key("option.mpi_hosts", None,
+        "Several nodes under mpirun: host names in rank order, the leader first (host or "
+        "host:slots, comma-separated); or the hostfile SERVING_HOSTFILE.", values.non_empty_text),
     Key("option.rolling_batch", "auto",
         "Continuous batching backend: auto, native (aliases: lmi-dist, vllm, scheduler), "
         "trtllm, deepspeed or disable (true / false: auto / disable). Beside a model.py, any "

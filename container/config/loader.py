@@ -188,6 +188,16 @@ def _tensor_parallel_degree(raw: str | None, kind: str, gpus: int,
                    "allowed: a positive integer or max", sources)
 
 
+def _pipeline_degree(values: dict[str, str], kind: str) -> int:
+    """Stages of option.pipeline_parallel_degree (the native engine's; validated there)."""
+    raw = values.get("option.pipeline_parallel_degree", "1").strip()
+    degree = int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
+    if degree > 1 and kind != "native":
+        raise StartupError(f"option.pipeline_parallel_degree={degree} needs the native LLM "
+                           f"engine (this model is served by the {kind} engine): remove it")
+    return degree
+
+
 def _launcher(engine: str, kind: str, values: dict[str, str], tp: int) -> str:
     mpi = engine in ("MPI", "DeepSpeed") or kind in ("trtllm", "deepspeed")
     if keys.lookup("option.mpi_mode").parse(values.get("option.mpi_mode", "false")):
@@ -241,7 +251,7 @@ def load_config(model_dir: str | os.PathLike, env: Mapping[str, str] | None = No
         model_name=_model_name(model_dir, values),
         engine=engine or ("MPI" if kind == "trtllm" else "Python"),
         engine_kind=kind,
-        launcher=_launcher(engine or "Python", kind, values, tp),
+        launcher=_launcher(engine or "Python", kind, values, tp * _pipeline_degree(values, kind)),
         tensor_parallel_degree=tp,
         gpu_count=gpus,
         server=server,

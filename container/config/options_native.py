@@ -49,6 +49,14 @@ class NativeOptions(EngineOptions):
         "stream (s3:// only: each rank reads its own slices straight from S3, no local copy).",
         values.choice("auto", "download", "stream"), scope="common")
     quantize: str | None = existing("quantize")
+    pipeline_parallel_degree: int = option(
+        "pipeline_parallel_degree", "1",
+        "Pipeline stages the model's layers are split into (ranks = this x "
+        "tensor_parallel_degree; stages may sit on different nodes).", values.integer(1, 256))
+    pipeline_layer_split: str | None = option(
+        "pipeline_layer_split", None,
+        "Layers per pipeline stage, comma-separated (e.g. 12,12,8); unset: an even split.",
+        values.non_empty_text)
 
     def check(self) -> None:
         if self.quantize:

@@ -79,6 +79,8 @@ class ModelConfig:
     attention_scale: float | None = None   # None: head_dim ** -0.5 (Gemma: query_pre_attn_scalar)
     attention_softcap: float | None = None  # cap * tanh(score / cap) (Gemma 2)
     final_softcap: float | None = None     # the same on the logits (Gemma 2)
+    # Pipeline parallelism: this stage's layers [first, end); None: all of them (engine/pipeline.py)
+    layer_range: tuple[int, int] | None = None
 
     @property
     def attention_kinds(self) -> list[str]:

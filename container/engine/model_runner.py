@@ -177,7 +177,7 @@ class ModelRunner:
 
     def kv_bytes_per_block(self) -> int:
         element = torch.tensor([], dtype=self.dtype).element_size()
-        return (2 * self.config.num_layers * self.block_size * self.local_kv_heads
+        return (2 * len(self.model.attention_layers) * self.block_size * self.local_kv_heads
                 * self.config.head_dim * element)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
@@ -185,7 +185,7 @@ class ModelRunner:
         self.scratch_slot = num_blocks * self.block_size
         shape = (2, num_blocks + 1, self.block_size, self.local_kv_heads, self.config.head_dim)
         self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
-                          for _ in range(self.config.num_layers)]
+                          for _ in self.model.attention_layers]   # this stage's
 
     def capture_graphs(self, max_batch: int, max_model_len: int) -> None:
         """GPU: record decode steps as CUDA graphs (one per batch-size bucket)."""

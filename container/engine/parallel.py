@@ -130,6 +130,7 @@ class TensorParallel:
     rank: int = 0
     size: int = 1
     small_all_reduce: SmallAllReduce | None = None
+    group: object = None      # the stage's ranks under pipeline parallelism; None: every rank
 
     @property
     def enabled(self) -> bool:
@@ -149,7 +150,7 @@ class TensorParallel:
             reduced = self.small_all_reduce.try_reduce(tensor)
             if reduced is not None:
                 return reduced
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=self.group)
         return tensor
 
     def all_reduce_add_norm(self, partial: torch.Tensor, residual: torch.Tensor | None,
@@ -171,7 +172,7 @@ class TensorParallel:
         if not self.enabled:
             return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.size)]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor.contiguous(), group=self.group)
         return torch.cat(parts, dim=-1)
 
 

@@ -107,7 +107,11 @@ class NativeService:
         self.model_config = model_config
         tp = TensorParallel(dist.rank, dist.world_size)
         self.plan_channel = None
-        if dist.world_size > 1:
+        self.pipeline = None
+        if self.options.pipeline_parallel_degree > 1:
+            tp, model_config = self._join_pipeline(dist, device, model_config, prebuilt)
+            self.model_config = model_config
+        elif dist.world_size > 1:
             from ..workers.group import init_process_group
 
             init_process_group(dist)
@@ -122,13 +126,21 @@ class NativeService:
             if prebuilt is not None:
                 prebuilt = prebuilt(dtype)
                 model_config = self.model_config = prebuilt.config
-            self.runner = ModelRunner(model_config, weights_source(config, self.model_dir),
+            weights = weights_source(config, self.model_dir)
+            if self.pipeline is not None:
+                from .pipeline import StageCheckpoint
+
+                weights = StageCheckpoint(weights, model_config, self.pipeline.first,
+                                          self.pipeline.end)
+            self.runner = ModelRunner(model_config, weights,
                                       max_len, dtype, device, tp, int(self.options.kv_block_size),
                                       model=prebuilt)
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
         blocks = kv_block_count(self.options, self.runner, device, max_len)
-        if tp.enabled:
+        if self.pipeline is not None:
+            blocks = self.pipeline.agree_min(blocks)
+        elif tp.enabled:
             count = torch.tensor([blocks], dtype=torch.int64)
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN,
                                          group=self.plan_channel.group)
@@ -138,7 +150,8 @@ class NativeService:
         self.max_model_len = min(max_len, blocks * block_size)
         log.info("%s: %s path (%s); attention per layer: %s", model_config.architecture,
                  self.path, self.path_reason, ", ".join(model_config.attention_kinds))
-        if device.type == "cuda" and not self.options.enforce_eager and self.path == "native":
+        if device.type == "cuda" and not self.options.enforce_eager and self.path == "native" \
+                and self.pipeline is None:        # stages run eagerly (no graphs yet)
             self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
                                        self.max_model_len)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
@@ -149,12 +162,39 @@ class NativeService:
         scheduler = Scheduler(self.block_manager, self.options.max_rolling_batch_size,
                               self.options.max_rolling_batch_prefill_tokens)
         eos = sorted(set(model_config.eos_token_ids) | set(generation_eos_ids(self.model_dir)))
-        self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len, self.plan_channel,
-                                overlap=self.options.overlap_scheduling)
+        if self.pipeline is not None:
+            from .pipeline import PipelineEngine, StageLink
+
+            self.link = StageLink(self.pipeline, model_config.hidden_size, dtype, device)
+            self.engine = PipelineEngine(self.runner, scheduler, eos, self.max_model_len,
+                                         self.pipeline, self.link)
+        else:
+            self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len,
+                                    self.plan_channel, overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
         self.engine.tokenizer_dir = str(self.model_dir)       # structured output's grammars
         if device.type == "cuda" and dist.rank == 0:     # other ranks follow its plans later
             self._warm_up()
+
+    def _join_pipeline(self, dist: DistEnv, device, model_config, prebuilt):
+        """This rank's pipeline stage and its tensor-parallel group (engine/pipeline.py)."""
+        from ..workers.group import init_process_group
+        from .pipeline import PipelineGroup
+
+        stages = self.options.pipeline_parallel_degree
+        if prebuilt is not None:
+            raise StartupError(f"{self.path_reason.split(';')[0]}; pipeline parallelism needs "
+                               "the native model code: set option.pipeline_parallel_degree=1")
+        if dist.world_size % stages:
+            raise StartupError(f"{dist.world_size} ranks cannot form option.pipeline_parallel_"
+                               f"degree={stages} stages: launch tensor_parallel_degree x "
+                               "pipeline_parallel_degree ranks")
+        init_process_group(dist)
+        self.pipeline = PipelineGroup(dist.rank, dist.world_size, stages,
+                                      model_config.num_layers, self.options.pipeline_layer_split)
+        log.info("%s", self.pipeline.describe())
+        # (the symmetric-memory all-reduce is set up for the whole world only: NCCL here)
+        return self.pipeline.tensor_parallel(), self.pipeline.stage_config(model_config)
 
     def _choose_path(self, device: torch.device, dist: DistEnv):
         """Our model code when the architecture has it, else transformers' (any
@@ -231,6 +271,11 @@ class NativeService:
 
     # other ranks -------------------------------------------------------------------------------
     def follow(self) -> None:
+        if self.pipeline is not None:
+            from .pipeline import follow_pipeline
+
+            follow_pipeline(self.runner, self.pipeline, self.link)
+            return
         follow_steps(self.runner, self.plan_channel)
 
 

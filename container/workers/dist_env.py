@@ -35,6 +35,10 @@ def detect(env=None) -> DistEnv:
         world = int(env.get("WORLD_SIZE", 1))
         local = int(env.get("LOCAL_RANK", rank))
         local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    if "SERVE_NODE_RANK" in env and "OMPI_COMM_WORLD_RANK" not in env:
+        # several nodes under torchrun: c10d numbers nodes in the order they joined; ours go
+        # node by node, so rank 0 is always the leader's (where the front end's socket is)
+        rank = int(env["SERVE_NODE_RANK"]) * int(env["SERVE_RANKS_PER_NODE"]) + local
     return DistEnv(rank, world, local, local_world)
 
 

@@ -12,6 +12,7 @@ import socket
 import sys
 
 from ..config.loader import ServingConfig
+from . import multinode
 
 WORKER_MODULE = "container.workers.worker_main"
 # Variables every rank needs; mpirun forwards only what -x names.
@@ -29,7 +30,21 @@ _FORWARDED = ("SERVE_RUN_DIR", "SERVE_GENERATION", "MASTER_ADDR", "MASTER_PORT",
               "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS", "OMP_NUM_THREADS",
               # the native engine's GPU fast paths, each with an off switch (README)
               "SERVE_KERNELS", "SERVE_PDL", "SERVE_SYMMETRIC_ALLREDUCE",
-              "SERVE_FUSED_ALLREDUCE_NORM")
+              "SERVE_FUSED_ALLREDUCE_NORM",
+              # several nodes: which interface the collectives use, the config for ranks whose
+              # node has no copy of the run directory, the collective timeout
+              "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "SERVE_CONFIG",
+              "SERVING_COLLECTIVE_TIMEOUT")
+
+
+def world_size(config: ServingConfig) -> int:
+    """Ranks of one model copy: tensor_parallel_degree x pipeline_parallel_degree."""
+    return config.tensor_parallel_degree * pipeline_degree(config)
+
+
+def pipeline_degree(config: ServingConfig) -> int:
+    raw = str(config.option("pipeline_parallel_degree", "1") or "1").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
 
 def free_port() -> int:
@@ -40,19 +55,23 @@ def free_port() -> int:
 
 def build_command(config: ServingConfig, run_dir: str, generation: int,
                   master_port: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """Return (argv, environment) for one worker group."""
-    tp = config.tensor_parallel_degree
+    """Return (argv, environment) for one worker group (this node's part of it)."""
+    tp = world_size(config)
+    nodes = multinode.detect(os.environ, config.option("mpi_hosts"))
+    per_node = nodes.ranks_per_node(tp)
     env = dict(os.environ)
     env.update({
         "SERVE_RUN_DIR": str(run_dir),
         "SERVE_GENERATION": str(generation),
-        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_ADDR": nodes.master_addr if nodes.multi else "127.0.0.1",
         "MASTER_PORT": str(master_port or free_port()),
         "PYTHONUNBUFFERED": "1",
     })
     # Ranks share the cores: without this each would start one thread per core.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // tp)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // per_node)))
     worker = [sys.executable, "-m", WORKER_MODULE]
+    if nodes.multi:
+        return _multi_node_command(config, nodes, tp, per_node, worker, env)
     if config.launcher == "python":
         return worker, env
     if config.launcher == "torchrun":
@@ -69,6 +88,41 @@ def build_command(config: ServingConfig, run_dir: str, generation: int,
                 argv += ["-x", name]
         return argv + worker, env
     raise ValueError(f"unknown launcher {config.launcher!r}")
+
+
+def _multi_node_command(config: ServingConfig, nodes: multinode.Nodes, world: int,
+                        per_node: int, worker: list[str], env: dict[str, str]):
+    """torchrun with c10d rendezvous on every node, or one mpirun on the leader over a
+    hostfile. Ranks are numbered node by node so rank 0 (the scheduler) is on the leader."""
+    env["SERVE_NODE_RANK"] = str(nodes.node_rank)
+    env["SERVE_RANKS_PER_NODE"] = str(per_node)
+    if config.launcher == "mpirun":
+        if not nodes.is_leader:
+            raise ValueError("mpirun starts every node's ranks from the leader")
+        mpirun = shutil.which("mpirun") or "mpirun"
+        env["SERVE_CONFIG"] = config.to_json()      # for nodes without the run directory
+        argv = [mpirun, "-np", str(world), "--bind-to", "none", "--map-by",
+                f"ppr:{per_node}:node"]
+        if nodes.hostfile and not config.option("mpi_hosts"):
+            argv += ["--hostfile", nodes.hostfile]
+        else:
+            argv += ["--host", ",".join(h if ":" in h else f"{h}:{per_node}"
+                                        for h in nodes.hosts)]
+        if os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+        for name in _FORWARDED + ("SERVE_NODE_RANK", "SERVE_RANKS_PER_NODE"):
+            if name in env:
+                argv += ["-x", name]
+        return argv + worker, env
+    # c10d: the leader's agent hosts the rendezvous store at SERVING_MASTER_ADDR:PORT; ranks
+    # connect to it as clients, so our own numbering (dist_env) holds whoever joins first.
+    local = ([f"--local_addr={os.environ['SERVING_NODE_ADDR']}"]
+             if os.environ.get("SERVING_NODE_ADDR") else [])   # else the host name's address
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes.nnodes}", *local,
+            f"--nproc_per_node={per_node}", "--max_restarts=0", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={nodes.master_addr}:{nodes.master_port}", "--rdzv_id=serve",
+            f"--rdzv_conf=is_host={1 if nodes.is_leader else 0}", "--module",
+            WORKER_MODULE], env
 
 
 def placement_note(config: ServingConfig) -> str | None:

@@ -88,6 +88,10 @@ def main() -> int:
     _die_with_parent()
     run_dir = RunDir(os.environ["SERVE_RUN_DIR"])
     generation = int(os.environ["SERVE_GENERATION"])
+    if not run_dir.config_path.is_file() and os.environ.get("SERVE_CONFIG"):
+        # a rank mpirun started on another node: the leader's run directory is not here
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        run_dir.write_atomic(run_dir.config_path, os.environ["SERVE_CONFIG"])
     config = ServingConfig.from_json(run_dir.config_path.read_text(encoding="utf-8"))
     dist = dist_env.detect()
     dist_env.export(dist, config.tensor_parallel_degree)
@@ -102,6 +106,9 @@ def main() -> int:
         return _fail(run_dir, generation, dist,
                      f"the model failed to load: {type(exc).__name__}: {exc}", LOAD_FAILED_EXIT)
     if not dist.is_driver:
+        if os.environ.get("SERVE_NODE_ROLE") == "worker" and dist.local_rank == 0:
+            # a worker node's serve (node_health.py) reports its own ranks loaded
+            run_dir.write_atomic(run_dir.ready_path(generation), json.dumps({"rank": dist.rank}))
         service.follow()
         return 0
     ipc = IpcServer(run_dir.ipc_address, generation, int(config.setting("job_queue_size")))

@@ -26,7 +26,12 @@ class DecoderModel(nn.Module):
     def __init__(self, config: ModelConfig, max_positions: int, tp: TensorParallel,
                  build_layer, embed_scale: float | None = None, unit_offset_norm: bool = False):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        # A pipeline stage builds only its layers; the embedding lives on the first stage (and
+        # the last when lm_head shares it), the final norm on the last (engine/pipeline.py).
+        first, end = config.layer_range or (0, config.num_layers)
+        self.last_stage = end == config.num_layers
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp) \
+            if first == 0 or (self.last_stage and config.tie_word_embeddings) else None
         self.embed_scale = embed_scale
         rotary = RotaryEmbedding(config.head_dim, max_positions, config.rope_theta,
                                  config.rope_scaling, config.max_position_embeddings)
@@ -37,22 +42,28 @@ class DecoderModel(nn.Module):
                                            config.max_position_embeddings)
         self.layers = nn.ModuleList(
             build_layer(config, index, local_rotary if window else rotary, window, tp)
-            for index, window in enumerate(config.layer_windows))
+            for index, window in enumerate(config.layer_windows) if first <= index < end)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, tp,
-                            unit_offset=unit_offset_norm)
+                            unit_offset=unit_offset_norm) if self.last_stage else None
         self.tp = tp
 
-    def forward(self, input_ids, positions, kv_caches, meta):
+    def forward(self, input_ids, positions, kv_caches, meta, hidden=None):
+        """hidden: the residual stream the previous pipeline stage handed on (whole, not a
+        partial sum); None on the first stage. A stage before the last returns its stream."""
         # With tensor parallelism each all-reduce is left to the norm after it (one fused
         # kernel on the GPU): the embedding and the row-parallel products hand on partial sums.
-        partial = self.tp.enabled
-        hidden = self.embed_tokens(input_ids, reduce=not partial)
-        if self.embed_scale is not None:     # Gemma: sqrt(hidden), rounded to the dtype
-            hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
+        partial = self.tp.enabled and hidden is None
+        if hidden is None:
+            hidden = self.embed_tokens(input_ids, reduce=not partial)
+            if self.embed_scale is not None:     # Gemma: sqrt(hidden), rounded to the dtype
+                hidden = hidden * torch.tensor(self.embed_scale, dtype=hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
             hidden, residual, partial = layer(positions, hidden, residual, kv_cache, meta,
                                               partial)
+        if self.norm is None:
+            hidden = self.tp.all_reduce(hidden) if partial else hidden
+            return hidden if residual is None else hidden + residual
         hidden, _ = self.norm(hidden, residual, partial=partial)
         return hidden
 
@@ -72,8 +83,9 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.tp = tp
         self.model = self.build_model(config, max_positions, tp)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp)
-        if config.tie_word_embeddings:
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, tp) \
+            if self.model.last_stage else None
+        if config.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def build_model(self, config: ModelConfig, max_positions: int, tp: TensorParallel):
