@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from . import values
 from .engine_options import EngineOptions, OptionError, existing, option
+from .options_lora import LoRAOptions
 
 
 @dataclass
-class NativeOptions(EngineOptions):
+class NativeOptions(LoRAOptions, EngineOptions):
     dtype: str = existing("dtype")
     max_rolling_batch_size: int = option(
         "max_rolling_batch_size", "256", "Most sequences in one rolling batch step.",
@@ -51,6 +52,7 @@ class NativeOptions(EngineOptions):
     quantize: str | None = existing("quantize")
 
     def check(self) -> None:
+        self.check_lora()
         if self.quantize:
             raise OptionError(
                 "quantize", self.quantize,
