@@ -322,3 +322,73 @@ def test_prefix_cache_never_shares_blocks_between_adapters():
         other = Sequence(f"c{salt}", tokens, SamplingParams())
         other.cache_salt = salt
         assert blocks.cached_prefix(other) == []
+
+
+def test_smollm2_with_three_adapters_matches_peft(tmp_path_factory):
+    """The real checkpoint: one request per adapter and one of the base, all in flight at once."""
+    from tiny_models import default_model_dir
+
+    source = default_model_dir()
+    if source is None:
+        pytest.skip("the SmolLM2 checkpoint is not built (make; or set SERVE_DEFAULT_MODEL)")
+    from tokenizers import Tokenizer
+
+    root = tmp_path_factory.mktemp("smollm2-lora")
+    made = {name: make_adapter(source, root / name, rank, alpha, rslora, targets, seed)
+            for seed, (name, rank, alpha, rslora, targets) in enumerate(
+                [("alpha", 4, 8, False, ["q_proj", "v_proj"]),
+                 ("beta", 8, 16, True, ["o_proj", "gate_proj", "down_proj"]),
+                 ("gamma", 2, 2, False, ["k_proj", "up_proj"])], start=20)}
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    texts = ["The capital of France is", "def add(a, b):", "Once upon a time",
+             "The capital of France is"]
+    choices = [None, "alpha", "beta", "gamma"]
+    want = [reference_greedy(source, made[c] if c else None, [tokenizer.encode(t).ids], 6)[0]
+            for t, c in zip(texts, choices)]
+    assert want[3] != want[0]
+    target = root / "model"
+    target.mkdir()
+    (target / "serving.properties").write_text(
+        f"option.model_id={source}\noption.enable_lora=true\noption.max_loras=3\n"
+        "option.max_lora_rank=8\noption.num_kv_blocks=64\noption.max_rolling_batch_size=4\n"
+        "option.adapters=" + ",".join(f"{n}={p}" for n, p in made.items()) + "\n")
+    process = ServeProcess(target).start(timeout=240)
+    try:
+        got: dict[int, list[int]] = {}
+
+        def one(i):
+            body = {"inputs": texts[i], "parameters": {"max_new_tokens": 6, "details": True,
+                                                       "ignore_eos": True}}
+            if choices[i]:
+                body["adapters"] = choices[i]
+            reply = requests.post(process.url("/invocations"), json=body, timeout=120)
+            got[i] = [t["id"] for t in reply.json()["details"]["tokens"]]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert [got.get(i) for i in range(4)] == want
+    finally:
+        process.stop()
+
+
+def test_adapter_needing_a_module_not_enabled_is_refused_naming_it(base, adapters):
+    import torch
+
+    from container.engine.lora.adapter import load_adapter
+    from container.engine.lora.attach import attach_lora
+    from container.engine.lora.errors import LoRAError
+    from container.engine.model_config import ModelConfig
+    from container.engine.models.llama import LlamaForCausalLM
+
+    model = LlamaForCausalLM(ModelConfig.from_dir(base), 64)
+    _, layers = attach_lora(model, {"q_proj", "v_proj"}, 2, 8, torch.float32)
+    assert set(layers) >= {"model.layers.0.self_attn.qkv_proj"}
+    assert not any("mlp" in path for path in layers)       # no target there: left unwrapped
+    load_adapter("alpha", adapters["alpha"], model, layers, 8, torch.float32)   # q and v only
+    with pytest.raises(LoRAError) as refused:
+        load_adapter("beta", adapters["beta"], model, layers, 8, torch.float32)
+    assert "option.lora_target_modules" in refused.value.message
+    assert "'down_proj'" in refused.value.message       # the first one missing, sorted

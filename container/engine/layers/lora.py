@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kernels import gpu_kernels
 from .linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
                      RowParallelLinear, linear)
 
@@ -35,18 +36,21 @@ class LoRAContext:
         self.groups: list[tuple[int, torch.Tensor]] = []
         self.token_slots: torch.Tensor | None = None
 
-    def set(self, token_slots: torch.Tensor | None) -> None:
-        self.token_slots = token_slots
+    def set(self, token_slots: torch.Tensor | None, device: torch.device | None = None) -> None:
+        """token_slots: a host tensor, one slot per token row (BASE: no adapter)."""
+        self.token_slots = None
         self.groups = []
         if token_slots is None or token_slots.numel() == 0:
             return
         host = token_slots.cpu()
+        device = device or host.device
+        self.token_slots = host.to(device)
         for slot in torch.unique(host).tolist():
             if slot == BASE:
                 continue
             rows = torch.nonzero(host == slot).flatten()
             whole = rows.numel() == host.numel()
-            self.groups.append((slot, None if whole else rows.to(token_slots.device)))
+            self.groups.append((slot, None if whole else rows.to(device)))
 
     def clear(self) -> None:
         self.set(None)
@@ -138,7 +142,17 @@ class LoRALinear(nn.Module):
 
     # forward ----------------------------------------------------------------------------------
     def _add_lora(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Plain PyTorch path: per slot present in the step, shrink then expand its rows."""
+        """Plain PyTorch path: per slot present in the step, shrink then expand its rows.
+        On a GPU with the Triton kernels: one shrink and one expand launch per piece, every
+        row's slot at once (kernels/lora.py)."""
+        if gpu_kernels(x) is not None and out.is_contiguous():
+            from ..kernels.lora import lora_expand, lora_shrink
+
+            slots = self.context.token_slots
+            for piece, p in enumerate(self.pieces):
+                h = lora_shrink(x, self.lora_a[piece], slots)
+                lora_expand(h, self.lora_b[piece], slots, out, p.out_offset)
+            return out
         for slot, rows in self.context.groups:
             filled = self.filled[slot]
             if not filled:

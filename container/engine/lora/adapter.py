@@ -107,7 +107,8 @@ def load_adapter(name: str, directory: Path, model, layers: dict, max_rank: int,
         raise LoRAError(400, "AdapterMismatch",
                         f"adapter {name!r}: made for {config.base_class}, but this model is "
                         f"{architecture}")
-    enabled = {layer_piece.name for layer in layers.values() for layer_piece in layer.pieces}
+    enabled = {piece.name for layer in layers.values() for piece in layer.pieces
+               if " " not in piece.name}          # attach.py marks pieces that are no target
     for module in sorted(config.target_modules):
         if module not in SUPPORTED_MODULES:
             raise LoRAError(400, "AdapterMismatch",

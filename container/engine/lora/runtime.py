@@ -34,4 +34,4 @@ class LoRARuntime:
             self.context.clear()                    # a base-only step: no LoRA work at all
             return
         rows = np.repeat(seq_slots, query_lens)
-        self.context.set(torch.from_numpy(rows).to(device))
+        self.context.set(torch.from_numpy(rows), device)
