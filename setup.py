@@ -44,6 +44,7 @@ setup(
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # the GPU kernels' tests run on CPU through Triton's interpreter
                  "triton>=3.1", "matplotlib>=3.8",
+                 "peft>=0.13",           # LoRA adapters and their reference outputs
                  "Pillow>=10",           # djl_python images (get_as_image, encode_decode)
                  # OpenAI completeness: lm-eval against its hf backend, schemas by jsonschema
                  "xgrammar==0.2.8", "lm-eval>=0.4.13", "tenacity>=8", "jsonschema>=4",

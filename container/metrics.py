@@ -77,6 +77,20 @@ class _Metrics:
             ("name",))
         from prometheus_client import Gauge
 
+        # LoRA adapters of the native engine (written by its rank 0)
+        self.lora_requests = _counter("serve_lora_requests",
+                                      "Generation requests by LoRA adapter (base: none)",
+                                      ("adapter",))
+        self.lora_tokens = _counter("serve_lora_tokens",
+                                    "Tokens by LoRA adapter: prompt or generated",
+                                    ("adapter", "kind"))
+        self.lora_resident = Gauge("serve_lora_adapters_resident",
+                                   "LoRA adapters held on the device (slots) or in host memory",
+                                   ("where",), multiprocess_mode="mostrecent")
+        self.lora_load_seconds = _histogram(
+            "serve_lora_adapter_load_seconds",
+            "Time to load a LoRA adapter: from its folder to host memory, or host to device",
+            ("adapter", "stage"))
         self.handler_metric = Gauge(
             "serve_handler_metric", "The last value of each [METRICS] line a handler printed",
             ("name", "unit", "dimensions"), multiprocess_mode="mostrecent")

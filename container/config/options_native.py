@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from . import values
 from .engine_options import EngineOptions, OptionError, existing, option
+from .options_lora import LoRAOptions
 
 
 @dataclass
-class NativeOptions(EngineOptions):
+class NativeOptions(LoRAOptions, EngineOptions):
     dtype: str = existing("dtype")
     max_rolling_batch_size: int = option(
         "max_rolling_batch_size", "256", "Most sequences in one rolling batch step.",
@@ -59,6 +60,12 @@ class NativeOptions(EngineOptions):
         values.non_empty_text)
 
     def check(self) -> None:
+        self.check_lora()
+        if self.enable_lora and self.pipeline_parallel_degree > 1:
+            raise OptionError(
+                "pipeline_parallel_degree", str(self.pipeline_parallel_degree),
+                "LoRA adapters are served with tensor parallelism only: set "
+                "option.pipeline_parallel_degree=1 or option.enable_lora=false")
         if self.quantize:
             raise OptionError(
                 "quantize", self.quantize,

@@ -2,7 +2,8 @@
 
 A block holds block_size tokens of every layer's K and V. A full block is named by a chained
 hash of all tokens up to its end, so two requests with the same prefix share those blocks
-(ref-counted). Freed blocks keep their contents and hash until reused: a later request (or a
+(ref-counted); the chain starts from the sequence's cache salt (its LoRA adapter's id), so
+two adapters never share blocks. Freed blocks keep their contents and hash until reused: a later request (or a
 preempted one coming back) can still hit them. Free blocks are reused oldest-freed first.
 """
 
@@ -44,7 +45,7 @@ class BlockManager:
         size = self.block_size
         while len(hashes) < count:
             i = len(hashes)
-            previous = hashes[-1] if hashes else 0
+            previous = hashes[-1] if hashes else seq.cache_salt
             hashes.append(hash((previous, tuple(seq.token_ids[i * size:(i + 1) * size]))))
         return hashes[:count]
 
@@ -58,10 +59,15 @@ class BlockManager:
         size = self.block_size
         for i, h in enumerate(self._chain(seq, limit)):
             block = self.hash_to_block.get(h)
-            if block is None or self.block_tokens[block] != tuple(seq.token_ids[i * size:(i + 1) * size]):
+            if block is None or self.block_tokens[block] != self._content(seq, i):
                 break
             found.append(block)
         return found
+
+    def _content(self, seq: Sequence, index: int) -> tuple:
+        """What block `index` of seq holds: its tokens, under its adapter's salt."""
+        size = self.block_size
+        return (seq.cache_salt, *seq.token_ids[index * size:(index + 1) * size])
 
     def cost_of_cached(self, blocks: list[int]) -> int:
         """Free blocks that taking these cached blocks would consume."""
@@ -108,7 +114,7 @@ class BlockManager:
             if self.block_hash[block] is not None:
                 continue
             self.block_hash[block] = hashes[i]
-            self.block_tokens[block] = tuple(seq.token_ids[i * size:(i + 1) * size])
+            self.block_tokens[block] = self._content(seq, i)
             self.hash_to_block.setdefault(hashes[i], block)
         seq.num_published_blocks = full
 

@@ -90,8 +90,11 @@ class LLMEngine:
 
     # requests ----------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingParams,
-                    owner: bytes = b"") -> Sequence:
+                    owner: bytes = b"", lora=None) -> Sequence:
+        """lora: the request's adapter (lora/registry.py Registered), None for the base."""
         seq = Sequence(request_id, list(prompt_token_ids), sampling, owner)
+        if lora is not None:
+            seq.lora, seq.cache_salt = lora, lora.lora_id
         if sampling.structured is not None:
             seq.matcher = self._grammar_matcher(sampling.structured)     # ValueError: refused
         self.sequences[request_id] = seq
@@ -158,7 +161,8 @@ class LLMEngine:
         previous = self.in_flight
         prompt_rows, prompt_targets = plan_prompt_rows(decision.scheduled)
         plan = StepPlan.build(decision.scheduled, self.runner.block_size,
-                              previous.rows if previous else None, prompt_rows)
+                              previous.rows if previous else None, prompt_rows,
+                              lora=self.runner.lora is not None)
         if self.plan_channel is not None:
             self.plan_channel.send(plan)
         launched = clock()
@@ -307,6 +311,9 @@ def follow_steps(runner: ModelRunner, plan_channel, until_idle: bool = False) ->
         if plan is None:
             if until_idle:
                 return
+            continue
+        if isinstance(plan, dict):               # a LoRA slot decision of rank 0
+            runner.lora.slots.apply(plan)
             continue
         runner.execute(plan, previous)
         sampled = plan.layout()["logits_rows"][1]

@@ -34,14 +34,17 @@ class StepPlan:
     @classmethod
     def build(cls, scheduled: list[ScheduledSeq], block_size: int,
               previous_rows: dict[int, int] | None = None,
-              prompt_rows: list[int] | None = None) -> "StepPlan":
+              prompt_rows: list[int] | None = None, lora: bool = False) -> "StepPlan":
         """previous_rows: id(sequence) -> row of the previous step's sampled tokens, for
         sequences whose newest token is still a placeholder (overlapped steps).
         prompt_rows: token rows whose logits are wanted besides the sampled ones (prompt
-        log-probs); they trail the plan, after from_previous."""
+        log-probs); they trail the plan, after from_previous.
+        lora: the engine serves LoRA adapters: each sequence's device slot (-1: the base
+        model) ends the plan, one per sequence."""
         plan = cls._build(scheduled, block_size, previous_rows)
-        if prompt_rows:
-            plan.data = np.concatenate([plan.data, np.asarray(prompt_rows, np.int64)])
+        tail = list(prompt_rows or []) + ([s.seq.lora_slot for s in scheduled] if lora else [])
+        if tail:
+            plan.data = np.concatenate([plan.data, np.asarray(tail, np.int64)])
         return plan
 
     @classmethod
@@ -104,8 +107,9 @@ class StepPlan:
                                    tables.ravel(), np.asarray(logits_rows, np.int64),
                                    from_previous]))
 
-    def layout(self) -> dict[str, tuple[int, int]]:
-        """name -> (start, size) of each array inside `data`, plus the header counts."""
+    def layout(self, lora: bool = False) -> dict[str, tuple[int, int]]:
+        """name -> (start, size) of each array inside `data`, plus the header counts.
+        lora: the plan ends with each sequence's LoRA slot (see build)."""
         num_tokens, num_seqs, max_blocks, num_logits, num_decode = (int(x) for x in self.data[:_HEADER])
         out, cursor = {}, _HEADER
         for name, size in (("input_ids", num_tokens), ("positions", num_tokens),
@@ -114,7 +118,9 @@ class StepPlan:
                            ("logits_rows", num_logits), ("from_previous", num_tokens)):
             out[name] = (cursor, size)
             cursor += size
-        out["prompt_rows"] = (cursor, len(self.data) - cursor)
+        lora_rows = num_seqs if lora else 0
+        out["prompt_rows"] = (cursor, len(self.data) - cursor - lora_rows)
+        out["lora_slots"] = (len(self.data) - lora_rows, lora_rows)
         out["shape"] = (num_seqs, max_blocks)
         out["num_decode"] = (num_decode, 0)
         return out
@@ -141,9 +147,10 @@ def resolve_dtype(option: str, checkpoint_dtype: str | None, device: torch.devic
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, weights, max_model_len: int,
                  dtype: torch.dtype, device: torch.device, tp: TensorParallel, block_size: int,
-                 model: torch.nn.Module | None = None):
+                 model: torch.nn.Module | None = None, lora=None):
         """weights: a checkpoint directory or a CheckpointSource (engine/weights.py).
-        model: one already built and loaded (the transformers path), instead of ours."""
+        model: one already built and loaded (the transformers path), instead of ours.
+        lora: LoRAOptions when adapters are served (lora/runtime.py wraps the layers)."""
         self.config = model_config
         self.device = device
         self.dtype = dtype
@@ -158,6 +165,11 @@ class ModelRunner:
                 torch.set_default_dtype(torch.float32)
             load_weights(model, weights)
         self.model = model.eval()
+        self.lora = None
+        if lora is not None:
+            from .lora.runtime import LoRARuntime
+
+            self.lora = LoRARuntime(self.model, model_config, lora, dtype)
         self.kv_caches: list[torch.Tensor] = []
         self.graphs = None                     # cuda_graphs.DecodeGraphs once captured
         self.greedy_tokens: torch.Tensor | None = None   # see execute()
@@ -205,7 +217,7 @@ class ModelRunner:
 
     def prepare(self, plan: StepPlan) -> "PreparedStep":
         """Device tensors for a step: the plan goes over in one copy and is sliced there."""
-        layout = plan.layout()
+        layout = plan.layout(lora=self.lora is not None)
         host = torch.from_numpy(plan.data)
         data = self._upload(host) if self.device.type == "cuda" else host
 
@@ -230,6 +242,9 @@ class ModelRunner:
             num_decode=num_decode, decode_only=decode_only,
             decode_splits=self.decode_splits(num_seqs, max_seq_len),
             workspace=self.decode_workspace)
+        if self.lora is not None:       # each token row's adapter slot, for every LoRA layer
+            start, size = layout["lora_slots"]
+            self.lora.begin_step(plan.data[start:start + size], np.diff(query_start), self.device)
         return PreparedStep(view("input_ids"), view("positions"), meta, view("logits_rows"),
                             num_seqs, max_blocks, view("from_previous"), view("prompt_rows"))
 

@@ -2,12 +2,14 @@
 
 Two small collectives a step: the plan's length, then its int64 payload. An idle rank 0 sends
 an empty plan as a heartbeat, so waiting ranks never hit the collective timeout just because
-there is no traffic.
+there is no traffic. A negative length announces a command instead of a plan (JSON bytes: a
+LoRA slot decision), sent before the step that depends on it.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 
 import numpy as np
 import torch
@@ -35,11 +37,22 @@ class PlanChannel:
     def heartbeat(self) -> None:
         self.send(None)
 
-    def receive(self) -> StepPlan | None:
+    def send_command(self, command: dict) -> None:
+        raw = np.frombuffer(json.dumps(command).encode(), np.uint8).astype(np.int64)
+        self._length[0] = -raw.size
+        dist.broadcast(self._length, src=0, group=self.group)
+        dist.broadcast(torch.from_numpy(raw), src=0, group=self.group)
+
+    def receive(self) -> StepPlan | dict | None:
+        """The next plan, a command (dict), or None for a heartbeat."""
         dist.broadcast(self._length, src=0, group=self.group)
         size = int(self._length[0])
         if size == 0:
             return None
+        if size < 0:
+            raw = torch.empty(-size, dtype=torch.int64)
+            dist.broadcast(raw, src=0, group=self.group)
+            return json.loads(raw.numpy().astype(np.uint8).tobytes())
         data = torch.empty(size, dtype=torch.int64)
         dist.broadcast(data, src=0, group=self.group)
         return StepPlan(data.numpy().astype(np.int64, copy=False))

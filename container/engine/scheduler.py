@@ -47,6 +47,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.total_preemptions = 0
         self.max_model_len = 1 << 62
+        self.lora = None       # lora/registry.py: a device slot per admitted adapter request
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -71,12 +72,16 @@ class Scheduler:
         seq.status = Status.FINISHED
         seq.finish_reason = reason
         self.blocks.free(seq)
+        if self.lora is not None:
+            self.lora.release(seq)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
         seq.status = Status.WAITING
         seq.num_computed_tokens = 0
+        if self.lora is not None:
+            self.lora.release(seq)
         self.waiting.appendleft(seq)
         self.total_preemptions += 1
 
@@ -106,16 +111,23 @@ class Scheduler:
             self.blocks.allocate(seq, count)
             out.scheduled.append(ScheduledSeq(seq, count))
             budget -= count
-        # then new (or preempted) sequences, first come first served
+        # then new (or preempted) sequences, first come first served; one whose LoRA adapter
+        # finds no free device slot waits without holding back those behind it
+        passed: list[Sequence] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs \
                 and not out.num_preempted:
             seq = self.waiting[0]
+            if self.lora is not None and not self.lora.acquire(seq):
+                passed.append(self.waiting.popleft())
+                continue
             # a waiting sequence holds no blocks; one that wants prompt log-probs computes all
             cached = [] if seq.needs_prompt_logits else self.blocks.cached_prefix(seq)
             computed = len(cached) * self.blocks.block_size
             count = min(seq.num_tokens - computed, budget)
             new_blocks = self.blocks.blocks_for(computed + count) - len(cached)
             if new_blocks + self.blocks.cost_of_cached(cached) > self.blocks.num_free:
+                if self.lora is not None:
+                    self.lora.release(seq)
                 break
             self.waiting.popleft()
             if cached:
@@ -125,6 +137,7 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, count))
             budget -= count
+        self.waiting.extendleft(reversed(passed))
         return out
 
     def advance(self, scheduled: ScheduledSeq) -> None:

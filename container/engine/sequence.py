@@ -41,6 +41,9 @@ class Sequence:
     prompt_top_logprobs: list = field(default_factory=list)
     prompt_logprobs_sent: bool = False
     matcher: object = None                   # xgrammar GrammarMatcher with structured output
+    lora: object = None                      # its LoRA adapter (lora/registry.py Registered)
+    lora_slot: int = -1                      # the device slot serving it while admitted
+    cache_salt: int = 0                      # prefix-cache namespace: the adapter's id
 
     def __post_init__(self):
         self.token_ids = list(self.prompt_token_ids)

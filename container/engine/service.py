@@ -134,7 +134,8 @@ class NativeService:
                                           self.pipeline.end)
             self.runner = ModelRunner(model_config, weights,
                                       max_len, dtype, device, tp, int(self.options.kv_block_size),
-                                      model=prebuilt)
+                                      model=prebuilt,
+                                      lora=self.options if self.options.enable_lora else None)
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
         blocks = kv_block_count(self.options, self.runner, device, max_len)
@@ -150,8 +151,12 @@ class NativeService:
         self.max_model_len = min(max_len, blocks * block_size)
         log.info("%s: %s path (%s); attention per layer: %s", model_config.architecture,
                  self.path, self.path_reason, ", ".join(model_config.attention_kinds))
+        if self.options.enable_lora and device.type == "cuda":
+            log.info("LoRA: decode steps run eagerly (the batched LoRA kernels are not in the "
+                     "CUDA graphs yet)")
         if device.type == "cuda" and not self.options.enforce_eager and self.path == "native" \
-                and self.pipeline is None:        # stages run eagerly (no graphs yet)
+                and self.pipeline is None and not self.options.enable_lora:
+            # pipeline stages and LoRA steps run eagerly (no graphs for them yet)
             self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
                                        self.max_model_len)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
@@ -173,6 +178,15 @@ class NativeService:
                                     self.plan_channel, overlap=self.options.overlap_scheduling)
         self.eos_token_ids = eos
         self.engine.tokenizer_dir = str(self.model_dir)       # structured output's grammars
+        self.lora = None
+        if self.runner.lora is not None and dist.rank == 0:
+            from .lora.api import register_at_start
+            from .lora.registry import LoRARegistry
+
+            self.lora = LoRARegistry(self.runner.lora.slots, self.model_dir,
+                                     self.plan_channel.send_command if self.plan_channel else None)
+            scheduler.lora = self.lora
+            register_at_start(self.lora, self.options.adapters, self.model_dir)
         if device.type == "cuda" and dist.rank == 0:     # other ranks follow its plans later
             self._warm_up()
 
@@ -263,11 +277,12 @@ class NativeService:
             "model_path": self.path,
             "model_path_reason": self.path_reason,
             "attention": self.model_config.attention_kinds,
+            "lora": self.runner.lora is not None,
         }
 
     # rank 0 ------------------------------------------------------------------------------------
     def serve(self, ipc: IpcServer, ready) -> None:
-        ServingLoop(self.engine, ipc).run_forever(ready)
+        ServingLoop(self.engine, ipc, self.lora).run_forever(ready)
 
     # other ranks -------------------------------------------------------------------------------
     def follow(self) -> None:

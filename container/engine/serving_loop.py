@@ -37,12 +37,16 @@ def check_request(engine: GenerationEngine, request: protocol.GenerateRequest) -
 
 
 class ServingLoop:
-    def __init__(self, engine: GenerationEngine, ipc: IpcServer):
+    def __init__(self, engine: GenerationEngine, ipc: IpcServer, lora=None):
+        """lora: the native engine's LoRA registry (lora/registry.py) when it serves adapters."""
         self.engine = engine
         self.ipc = ipc
+        self.lora = lora
+        self.adapter_of: dict[str, str] = {}     # request id -> its adapter (token metrics)
         from ..metrics import metrics
 
-        self.queue_time = metrics().queue_seconds.labels("llm")
+        self.metrics = metrics()
+        self.queue_time = self.metrics.queue_seconds.labels("llm")
 
     def run_forever(self, ready) -> None:
         """Serve until the process ends; `ready()` announces the worker once its first
@@ -72,7 +76,10 @@ class ServingLoop:
                 last_beat = time.monotonic()
 
     def publish_stats(self) -> None:
-        self.ipc.stats = {k: float(v) for k, v in self.engine.stats().items()}
+        stats = self.engine.stats()
+        if self.lora is not None:
+            stats.update(self.lora.stats())
+        self.ipc.stats = {k: float(v) for k, v in stats.items()}
 
     def take_messages(self, block: bool) -> None:
         inbox = self.ipc.inbox
@@ -86,8 +93,11 @@ class ServingLoop:
                 self.add(identity, message)
             elif isinstance(message, protocol.Abort):
                 if self.engine.abort_request(message.request_id):
+                    self.adapter_of.pop(message.request_id, None)
                     self.ipc.finish(1)
                     self.publish_stats()
+            elif isinstance(message, protocol.AdapterRequest):
+                self.adapters(identity, message)
             try:
                 item = inbox.get_nowait()
             except queue.Empty:
@@ -99,15 +109,59 @@ class ServingLoop:
             delta = protocol.TokenDelta(request.request_id, [], None, "error", problem)
             self.ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
             return
+        adapter = None
+        if request.adapter:
+            adapter = self._adapter(identity, request)
+            if adapter is None:
+                return
         try:
-            self.engine.add_request(request.request_id, request.prompt_token_ids,
-                                    request.sampling, identity)
+            if adapter is not None:
+                self.engine.add_request(request.request_id, request.prompt_token_ids,
+                                        request.sampling, identity, lora=adapter)
+            else:
+                self.engine.add_request(request.request_id, request.prompt_token_ids,
+                                        request.sampling, identity)
         except ValueError as error:             # e.g. a grammar that does not compile
             delta = protocol.TokenDelta(request.request_id, [], None, "error", str(error))
             self.ipc.send(identity, protocol.TokenBatch([delta]), finished=1)
             return
         if request.arrival_time:
             self.queue_time.observe(max(time.time() - request.arrival_time, 0.0))
+        if self.lora is not None:
+            name = request.adapter or "none"
+            self.adapter_of[request.request_id] = name
+            self.metrics.lora_requests.labels(name).inc()
+            self.metrics.lora_tokens.labels(name, "prompt").inc(len(request.prompt_token_ids))
+
+    def _adapter(self, identity: bytes, request: protocol.GenerateRequest):
+        """The registered adapter a request names; None after answering 404 (or 400 when this
+        engine serves no adapters): never a silent fall-back to the base model."""
+        if self.lora is None:
+            reply = protocol.Rejected(request.request_id, 400, "AdaptersNotEnabled",
+                                      f"adapter {request.adapter!r}: this model serves no LoRA "
+                                      "adapters (start it with option.enable_lora=true)")
+            self.ipc.send(identity, reply, finished=1)
+            return None
+        from .lora.errors import LoRAError
+
+        try:
+            return self.lora.get(request.adapter)
+        except LoRAError as error:
+            self.ipc.send(identity, protocol.Rejected(request.request_id, error.code,
+                                                      error.type, error.message), finished=1)
+            return None
+
+    def adapters(self, identity: bytes, message: protocol.AdapterRequest) -> None:
+        from .lora.api import answer, reply
+
+        if self.lora is None:
+            code, body = 501, {"code": 501, "type": "AdaptersNotSupported", "message":
+                               "this model serves no LoRA adapters: start it with "
+                               "option.enable_lora=true"}
+        else:
+            code, body = answer(self.lora, message)
+        self.ipc.send(identity, reply(message, code, body), finished=1)
+        self.publish_stats()
 
     def send(self, outputs: list[TokenOutput]) -> None:
         by_owner: dict[bytes, list[protocol.TokenDelta]] = defaultdict(list)
@@ -119,5 +173,9 @@ class ServingLoop:
                 out.prompt_logprobs, out.prompt_top_logprobs))
             if out.finished:
                 finished[out.owner] += 1
+            if self.lora is not None:
+                name = (self.adapter_of.pop(out.request_id, "none") if out.finished
+                        else self.adapter_of.get(out.request_id, "none"))
+                self.metrics.lora_tokens.labels(name, "generated").inc(len(out.new_token_ids))
         for owner, deltas in by_owner.items():
             self.ipc.send(owner, protocol.TokenBatch(deltas), finished=finished[owner])

@@ -1,7 +1,8 @@
 """DJL's adapters API: /models/{model}/adapters[/{name}[/update]] and the short /adapters forms.
 
 Arguments come as query parameters (as DJL documents), or as a JSON object or form body. The
-registry lives in the worker; this module only turns HTTP into AdapterRequest messages.
+registry lives in the worker (a handler's, or the native engine's LoRA registry with
+option.enable_lora); this module only turns HTTP into AdapterRequest messages.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def register_adapter_routes(app, router, reply_timeout) -> None:
         from .handler_proxy import _first_reply
 
         model = router.default if model_name is None else router.get(model_name)
-        if model.kind() == "llm":
+        info = model.client.model_info()
+        if info.get("kind") == "llm" and not info.get("lora"):
             raise ServingError(501, "AdaptersNotSupported",
-                               "the native LLM engine does not serve LoRA adapters yet; "
-                               "adapters work with model.py handlers")
+                               "this model serves no LoRA adapters: the native engine does with "
+                               "option.enable_lora=true; model.py handlers have their own hooks")
         engine = model.client
         request_id = engine_request_id(request.headers.get("X-Request-Id", "adapter"))
         message = protocol.AdapterRequest(request_id, engine.ready_generation(), action, name,

@@ -61,9 +61,9 @@ class Generation:
     def __init__(self, client: EngineClient, tokenizer: TextTokenizer, request_id: str,
                  prompt_ids: list[int], sampling: protocol.SamplingParams,
                  stop_sequences: list[str] | None = None, discard_output: bool = False,
-                 kept_special: dict[int, str] | None = None):
+                 kept_special: dict[int, str] | None = None, adapter: str = ""):
         """discard_output: the caller wants only the prompt's log-probs (OpenAI max_tokens=0):
-        the one token the engine must generate is dropped."""
+        the one token the engine must generate is dropped. adapter: a LoRA adapter's name."""
         self.client = client
         self.tokenizer = tokenizer
         self.request_id = request_id
@@ -73,6 +73,7 @@ class Generation:
         self.result = Result("", "length", prompt_tokens=len(prompt_ids), started=time.monotonic())
         self.done = False
         self.discard_output = discard_output
+        self.adapter = adapter
         self.first_output = gevent.event.Event()     # set once the prompt is computed
         self._box = None
         self._last_token_time: float | None = None
@@ -80,7 +81,8 @@ class Generation:
     def start(self) -> "Generation":
         generation = self.client.ready_generation()
         self._box = self.client.submit(protocol.GenerateRequest(
-            self.request_id, generation, self.prompt_ids, self.sampling, time.time()))
+            self.request_id, generation, self.prompt_ids, self.sampling, time.time(),
+            self.adapter))
         return self
 
     def pieces(self):

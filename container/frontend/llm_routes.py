@@ -26,6 +26,7 @@ from .generation import Generation, Result, merged_pieces, wait_all, wait_all_st
 from .logprob_format import (TokenIdNames, chat_logprobs, completion_logprobs, lmi_prefill,
                              lmi_top_tokens)
 from .http_utils import engine_request_id
+from .lora_select import lmi_adapters, openai_adapter, request_adapter
 from .structured_output import structured_from
 from .tool_calls import ToolPlan, template_messages
 from .schemas import (ChatCompletionRequest, CompletionRequest, LmiRequest, parse_json_body,
@@ -57,6 +58,7 @@ class LlmContext:
         self.max_model_len = int(info["max_model_len"])
         self.max_input_len = int(info.get("max_input_len") or self.max_model_len)
         self.model_name = config.model_name
+        self.adapter = request_adapter(info, self.model_name)   # header or ?adapter=
 
     def check_count(self, count: int, field: str) -> None:
         """A list of prompts is that many requests: more than the job queue holds could only
@@ -90,9 +92,10 @@ class LlmContext:
                 "shorten the prompt or ask for fewer tokens")
 
     def generation(self, request_id: str, prompt_ids: list[int],
-                   sampling: protocol.SamplingParams, stops: list[str]) -> Generation:
+                   sampling: protocol.SamplingParams, stops: list[str],
+                   adapter: str | None = None) -> Generation:
         return Generation(self.client, self.tokenizer, engine_request_id(request_id), prompt_ids,
-                          sampling, stops)
+                          sampling, stops, adapter=self.adapter if adapter is None else adapter)
 
 
 def _first_piece(generation: Generation):
@@ -205,6 +208,7 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
         raise bad_request("parameters.decoder_input_details: not with stream=true")
     sampling = _lmi_sampling(ctx, params)
     check_engine_fields(ctx, sampling)
+    adapters = lmi_adapters(ctx.info, ctx.model_name, req.adapters, len(prompts), ctx.adapter)
     generations, all_ids = [], []
     for index, prompt in enumerate(prompts):
         field = "inputs" if len(prompts) == 1 else f"inputs.{index}"
@@ -215,7 +219,8 @@ def lmi(ctx: LlmContext, payload, request_id: str) -> Response:
             ids = ids[-params.truncate:]
         ctx.check_length(ids, params.max_new_tokens, field)
         rid = request_id if len(prompts) == 1 else f"{request_id}-{index}"
-        generations.append(ctx.generation(rid, ids, sampling, params.stop_sequences))
+        generations.append(ctx.generation(rid, ids, sampling, params.stop_sequences,
+                                          adapters[index]))
         all_ids.append(ids)
     if not req.stream:
         results = wait_all(generations)
@@ -299,7 +304,8 @@ def _samples(ctx: LlmContext, request_id: str, ids: list[int], sampling, stops: 
             params = msgspec.structs.replace(sampling, seed=(sampling.seed + i) % (2**63))
         rid = request_id if count == 1 else f"{request_id}-s{i}"
         out.append(Generation(ctx.client, ctx.tokenizer, engine_request_id(rid), ids, params,
-                              stops, discard_output, kept_special))
+                              stops, discard_output, kept_special,
+                              adapter=ctx.adapter))
     return out
 
 
@@ -344,6 +350,7 @@ def _check_samples(req, best_of: int) -> None:
 
 def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     req = validate(ChatCompletionRequest, payload)
+    ctx.adapter = openai_adapter(ctx.info, ctx.model_name, req.model, ctx.adapter)
     try:
         messages = [m.template_dict() for m in req.messages]
     except ValueError as exc:
@@ -452,6 +459,7 @@ def _first_piece_merged(generations: list[Generation]):
 
 def completions(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     req = validate(CompletionRequest, payload)
+    ctx.adapter = openai_adapter(ctx.info, ctx.model_name, req.model, ctx.adapter)
     prompt = req.prompt
     if isinstance(prompt, str):
         prompts = [prompt]

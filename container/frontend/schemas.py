@@ -120,6 +120,8 @@ class LmiRequest(BaseModel):
     inputs: str | list[str]
     parameters: LmiParameters = Field(default_factory=LmiParameters)
     stream: bool = False
+    # LMI's LoRA choice: one adapter name, or one per input ("": the base model)
+    adapters: str | list[str] | None = None
 
     @field_validator("inputs")
     @classmethod

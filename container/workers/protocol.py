@@ -52,6 +52,7 @@ class GenerateRequest(msgspec.Struct, tag="generate", tag_field="kind"):
     prompt_token_ids: list[int]
     sampling: SamplingParams
     arrival_time: float = 0.0
+    adapter: str = ""                # a LoRA adapter's name (native engine); "": the base model
 
 
 class AdapterRequest(msgspec.Struct, tag="adapter", tag_field="kind"):

@@ -77,6 +77,7 @@ class ColumnParallelLinear(nn.Module):
                  tp: TensorParallel = SINGLE):
         super().__init__()
         self.tp = tp
+        self.out_features = out_features
         self.start, self.local_out = partition(out_features, tp.size, tp.rank)
         self.weight = nn.Parameter(torch.empty(self.local_out, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.local_out), requires_grad=False) if bias else None
@@ -188,6 +189,7 @@ class RowParallelLinear(nn.Module):
                  tp: TensorParallel = SINGLE, input_piece: tuple[int, int] | None = None):
         super().__init__()
         self.tp = tp
+        self.in_features = in_features
         self.start, self.local_in = input_piece or partition(in_features, tp.size, tp.rank)
         self.weight = nn.Parameter(torch.empty(out_features, self.local_in), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None

@@ -1,0 +1,192 @@
+"""LoRA on any of our linear layers: y = base(x) + B_s (A_s x) for each row's adapter slot s.
+
+One `LoRALinear` wraps a built and loaded linear layer (column-, row-parallel, merged or qkv)
+and holds, per piece of its output (q/k/v, gate/up, or the whole layer), the stacked matrices of
+every device slot: A [max_loras, max_rank, in_local] and B [max_loras, out_local, max_rank],
+zero-padded to max_rank, the adapter's scaling folded into B. Which slot each token row uses is
+not decided here: the runner writes it once per step into the shared `LoRAContext` (from the
+step plan), and every layer reads it, so model code has no adapter branches at all.
+
+Tensor parallelism: a column-parallel layer keeps A whole and its rows of B (as its weight);
+a row-parallel layer keeps its columns of A and B whole, its partial product summed by the
+layer's own all-reduce (the shrink of a sum is the sum of the shrinks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels import gpu_kernels
+from .linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
+                     RowParallelLinear, linear)
+
+BASE = -1      # the slot index of rows that use no adapter
+
+
+class LoRAContext:
+    """The step's adapter choice, shared by every LoRA layer of a model.
+
+    groups: (slot, row indices) for each slot present in the step, computed once per step so
+    the plain PyTorch path is one gather-shrink-expand-scatter per slot and layer."""
+
+    def __init__(self):
+        self.groups: list[tuple[int, torch.Tensor]] = []
+        self.token_slots: torch.Tensor | None = None
+
+    def set(self, token_slots: torch.Tensor | None, device: torch.device | None = None) -> None:
+        """token_slots: a host tensor, one slot per token row (BASE: no adapter)."""
+        self.token_slots = None
+        self.groups = []
+        if token_slots is None or token_slots.numel() == 0:
+            return
+        host = token_slots.cpu()
+        device = device or host.device
+        self.token_slots = host.to(device)
+        for slot in torch.unique(host).tolist():
+            if slot == BASE:
+                continue
+            rows = torch.nonzero(host == slot).flatten()
+            whole = rows.numel() == host.numel()
+            self.groups.append((slot, None if whole else rows.to(device)))
+
+    def clear(self) -> None:
+        self.set(None)
+
+
+@dataclass
+class Piece:
+    """One LoRA target inside a linear layer's output: where its rows sit locally, and which
+    rows of the full (checkpoint) B matrix this rank keeps."""
+    name: str             # the checkpoint module name (q_proj, gate_proj, o_proj, ...)
+    out_offset: int       # first local output row
+    out_count: int        # local output rows
+    full_out: int         # rows of the whole matrix (the checkpoint's B)
+    b_start: int          # first row of the checkpoint's B this rank keeps
+
+
+def pieces_of(base: nn.Module, names: list[str]) -> list[Piece]:
+    """The LoRA pieces of a linear layer; names: its checkpoint module names in output order."""
+    if isinstance(base, QKVParallelLinear):
+        q_start, q_count = base.q_rows
+        kv_start, kv_count = base.kv_rows
+        return [Piece(names[0], 0, q_count, base.full_q, q_start),
+                Piece(names[1], q_count, kv_count, base.full_kv, kv_start),
+                Piece(names[2], q_count + kv_count, kv_count, base.full_kv, kv_start)]
+    if isinstance(base, MergedColumnParallelLinear):
+        return [Piece(name, offset, count, full, start) for name, offset, (start, count), full
+                in zip(names, base.offsets, base.pieces, base.out_features)]
+    if isinstance(base, ColumnParallelLinear):
+        return [Piece(names[0], 0, base.local_out, base.out_features, base.start)]
+    if isinstance(base, RowParallelLinear):
+        out = base.weight.shape[0]
+        return [Piece(names[0], 0, out, out, 0)]
+    raise TypeError(f"LoRA does not wrap {type(base).__name__}")
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Module, names: list[str], context: LoRAContext,
+                 max_loras: int, max_rank: int, dtype: torch.dtype):
+        super().__init__()
+        self.base = base
+        self.context = context
+        self.row_parallel = isinstance(base, RowParallelLinear)
+        self.pieces = pieces_of(base, names)
+        self.in_local = base.weight.shape[1]
+        self.in_full = base.in_features if self.row_parallel else self.in_local
+        device = base.weight.device
+        self.max_rank = max_rank
+        self.lora_a = nn.ParameterList(
+            nn.Parameter(torch.zeros(max_loras, max_rank, self.in_local, dtype=dtype,
+                                     device=device), requires_grad=False) for _ in self.pieces)
+        self.lora_b = nn.ParameterList(
+            nn.Parameter(torch.zeros(max_loras, p.out_count, max_rank, dtype=dtype,
+                                     device=device), requires_grad=False) for p in self.pieces)
+        # which pieces each slot fills: a slot that does not target this layer costs nothing
+        self.filled: list[set[int]] = [set() for _ in range(max_loras)]
+
+    # loading ----------------------------------------------------------------------------------
+    def piece_index(self, name: str) -> int | None:
+        for i, piece in enumerate(self.pieces):
+            if piece.name == name:
+                return i
+        return None
+
+    def local_slices(self, piece: int, a_slice, b_slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's A and B of one piece, read from lazy checkpoint slices (get_slice)."""
+        p = self.pieces[piece]
+        if self.row_parallel:
+            a = a_slice[:, self.base.start:self.base.start + self.in_local]
+            b = b_slice[:]
+        else:
+            a = a_slice[:]
+            b = b_slice[p.b_start:p.b_start + p.out_count]
+        return a, b
+
+    def set_slot(self, slot: int, weights: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """weights: piece -> (A [r, in_local], B [out_local, r] with the scaling folded in)."""
+        self.clear_slot(slot)
+        for piece, (a, b) in weights.items():
+            rank = a.shape[0]
+            self.lora_a[piece].data[slot, :rank].copy_(a)
+            self.lora_b[piece].data[slot, :, :rank].copy_(b)
+        self.filled[slot] = set(weights)
+
+    def clear_slot(self, slot: int) -> None:
+        for piece in self.filled[slot]:
+            self.lora_a[piece].data[slot].zero_()
+            self.lora_b[piece].data[slot].zero_()
+        self.filled[slot] = set()
+
+    # forward ----------------------------------------------------------------------------------
+    def _add_lora(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Plain PyTorch path: per slot present in the step, shrink then expand its rows.
+        On a GPU with the Triton kernels: one shrink and one expand launch per piece, every
+        row's slot at once (kernels/lora.py)."""
+        if gpu_kernels(x) is not None and out.is_contiguous():
+            from ..kernels.lora import lora_expand, lora_shrink
+
+            slots = self.context.token_slots
+            for piece, p in enumerate(self.pieces):
+                h = lora_shrink(x, self.lora_a[piece], slots)
+                lora_expand(h, self.lora_b[piece], slots, out, p.out_offset)
+            return out
+        for slot, rows in self.context.groups:
+            filled = self.filled[slot]
+            if not filled:
+                continue
+            xs = x if rows is None else x.index_select(0, rows)
+            for piece in filled:
+                p = self.pieces[piece]
+                delta = (xs @ self.lora_a[piece][slot].t()) @ self.lora_b[piece][slot].t()
+                target = out.narrow(-1, p.out_offset, p.out_count)
+                if rows is None:
+                    target.add_(delta.to(out.dtype))
+                else:
+                    target.index_add_(0, rows, delta.to(out.dtype))
+        return out
+
+    @property
+    def can_defer_reduce(self) -> bool:
+        return self.base.can_defer_reduce
+
+    def forward(self, x, reduce: bool = True):
+        if not self.row_parallel:
+            out = self.base(x)
+            return self._add_lora(x, out) if self.context.groups else out
+        base = self.base
+        out = linear(x, base.weight)
+        if self.context.groups:
+            out = self._add_lora(x, out)
+        if not reduce and base.can_defer_reduce:
+            return out
+        out = base.tp.all_reduce(out)
+        return out if base.bias is None else out + base.bias
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base"], name)

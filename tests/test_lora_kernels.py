@@ -1,0 +1,91 @@
+"""The batched LoRA kernels (kernels/lora.py) against the plain PyTorch path of LoRALinear:
+on CPU under Triton's interpreter, and on a real GPU where there is one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import triton_interpreter
+
+if not torch.cuda.is_available() and not triton_interpreter.enable():
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+from container.engine.kernels.lora import lora_expand, lora_shrink  # noqa: E402
+
+
+def _case(device, dtype, tokens=7, k=80, n=48, slots=3, rank=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, k, generator=gen).to(device, dtype)
+    a = torch.randn(slots, rank, k, generator=gen).to(device, dtype)
+    b = torch.randn(slots, n, rank, generator=gen).to(device, dtype)
+    a[1, 5:] = 0                                 # a rank-5 adapter, zero-padded to 8
+    b[1, :, 5:] = 0
+    row_slots = torch.tensor([0, -1, 2, 1, 0, -1, 2][:tokens], dtype=torch.int64, device=device)
+    y = torch.randn(tokens, n + 16, generator=gen).to(device, dtype)
+    return x, a, b, row_slots, y
+
+
+def _reference(x, a, b, row_slots, y, offset):
+    out = y.clone().float()
+    for t, s in enumerate(row_slots.tolist()):
+        if s >= 0:
+            out[t, offset:offset + b.shape[1]] += (x[t].float() @ a[s].float().t()) @ \
+                b[s].float().t()
+    return out
+
+
+def _check(device, dtype, tolerance):
+    x, a, b, row_slots, y = _case(device, dtype)
+    want = _reference(x, a, b, row_slots, y, 16)
+    h = lora_shrink(x, a, row_slots)
+    got = lora_expand(h, b, row_slots, y, offset=16)
+    assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance)
+    base_rows = row_slots < 0                    # rows of the base model are untouched
+    assert torch.equal(got[base_rows], _case(device, dtype)[4][base_rows])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test below covers it")
+def test_kernels_under_the_interpreter_match_the_torch_path():
+    _check("cpu", torch.float32, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_kernels_on_the_gpu_match_the_torch_path():
+    _check("cuda", torch.bfloat16, 0.1)
+
+
+def _layer_case(device):
+    """A LoRALinear over a qkv layer with three slots filled (one q-only), and a mixed step."""
+    from container.engine.layers.linear import QKVParallelLinear
+    from container.engine.layers.lora import LoRAContext, LoRALinear
+
+    torch.manual_seed(1)
+    base = QKVParallelLinear(64, 16, 4, 2).to(device)
+    base.weight.data.normal_()
+    context = LoRAContext()
+    layer = LoRALinear(base, ["q_proj", "k_proj", "v_proj"], context, 3, 8, torch.float32)
+    for slot, pieces in ((0, (0, 1, 2)), (1, (0,)), (2, (1, 2))):
+        layer.set_slot(slot, {p: (torch.randn(4 + slot, 64, device=device),
+                                  torch.randn(layer.pieces[p].out_count, 4 + slot,
+                                              device=device)) for p in pieces})
+    context.set(torch.tensor([2, -1, 0, 1, 1, -1, 0]), torch.device(device))
+    return layer, torch.randn(7, 64, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test below covers it")
+def test_lora_linear_kernel_path_matches_its_torch_path(monkeypatch):
+    layer, x = _layer_case("cpu")
+    want = layer(x)
+    monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1")
+    assert torch.allclose(layer(x), want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_lora_linear_kernel_path_on_the_gpu(monkeypatch):
+    layer, x = _layer_case("cuda")
+    got = layer(x)
+    monkeypatch.setenv("SERVE_KERNELS", "0")
+    assert torch.allclose(got, layer(x), atol=1e-2, rtol=1e-3)
