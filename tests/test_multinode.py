@@ -32,10 +32,12 @@ PROMPTS = [f"request {i}: " + " ".join(["alpha", "beta", "gamma"][i % 3] for _ i
 NEW_TOKENS = 8
 
 
-def staggered(server, prompts=PROMPTS) -> list[list[int]]:
-    """Greedy ids of each prompt, the requests sent 50 ms apart and running side by side."""
+def staggered(server, prompts=PROMPTS, gap=0.05) -> list[list[int]]:
+    """Greedy ids of each prompt, the requests sent `gap` seconds apart and running side by
+    side. With no gap all arrive at once, which is what reliably overfills the KV cache: on a
+    quiet machine staggered requests can finish before the cache runs out."""
     def one(i):
-        time.sleep(0.05 * i)
+        time.sleep(gap * i)
         reply = requests.post(server.url("/invocations"), timeout=180, json={
             "inputs": prompts[i], "parameters": {"max_new_tokens": NEW_TOKENS,
                                                  "details": True, "ignore_eos": True}})
@@ -150,6 +152,7 @@ def test_torchrun_rendezvous_pp2(torchrun_pp2, reference):
     assert requests.get(worker.url("/ping"), timeout=5).status_code == 200
     assert requests.get(worker.url("/invocations"), timeout=5).status_code == 404
     assert staggered(leader) == reference
+    assert staggered(leader, gap=0) == reference
     stats = engine_stats(leader)
     assert stats["preemptions"] > 0 and stats["chunked_prefill_steps"] > 0, stats
 
