@@ -38,20 +38,26 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 TOOLS = [WEATHER, TIME]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
-_HEAD = ("{%- if tools %}<|system|>You may call these tools: {% for t in tools %}"
-         "{{ t.function.name }} {{ t.function.parameters | tojson }}; {% endfor %}<|end|>"
-         "{% endif %}{%- for m in messages %}")
+def _head(how: str = "") -> str:
+    """The system turn that offers the tools; `how` tells the model its call format, in the
+    words real templates use (the server detects the parser from them)."""
+    return ("{%- if tools %}<|system|>You may call these tools: {% for t in tools %}"
+            "{{ t.function.name }} {{ t.function.parameters | tojson }}; {% endfor %}" + how +
+            "<|end|>{% endif %}{%- for m in messages %}")
+
+
+
 _TAIL = ("{%- endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
 _PLAIN = "{%- else %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endif %}"
 TEMPLATES = {
-    "hermes": _HEAD + (
+    "hermes": _head() + (
         "{%- if m.role == 'assistant' and m.tool_calls is defined %}<|assistant|>"
         "{{ m.content }}{% for c in m.tool_calls %}<tool_call>{\"name\": "
         "{{ c.function.name | tojson }}, \"arguments\": {{ c.function.arguments | tojson }}}"
         "</tool_call>{% endfor %}<|end|>"
         "{%- elif m.role == 'tool' %}<|user|><tool_response>{{ m.content }}</tool_response>"
         "<|end|>") + _PLAIN + _TAIL,
-    "mistral": _HEAD + (
+    "mistral": _head() + (
         "{%- if m.role == 'assistant' and m.tool_calls is defined %}<|assistant|>"
         "[TOOL_CALLS] [{% for c in m.tool_calls %}{\"name\": {{ c.function.name | tojson }}, "
         "\"arguments\": {{ c.function.arguments | tojson }}, \"id\": {{ c.id | tojson }}}"
@@ -59,13 +65,15 @@ TEMPLATES = {
         "{%- elif m.role == 'tool' %}<|user|>[TOOL_RESULTS] {\"call_id\": "
         "{{ m.tool_call_id | tojson }}, \"content\": {{ m.content | tojson }}}"
         "[/TOOL_RESULTS]<|end|>") + _PLAIN + _TAIL,
-    "llama3_json": _HEAD + (
+    "llama3_json": _head('Respond in the format {"name": function name, "parameters": '
+                         'dictionary of argument name and its value}.') + (
         "{%- if m.role == 'assistant' and m.tool_calls is defined %}<|assistant|>"
         "{% for c in m.tool_calls %}{\"name\": {{ c.function.name | tojson }}, \"parameters\": "
         "{{ c.function.arguments | tojson }}}{{ '; ' if not loop.last }}{% endfor %}<|end|>"
         "{%- elif m.role == 'tool' %}<|user|>ipython: {{ m.content }}<|end|>")
         + _PLAIN + _TAIL,
-    "pythonic": _HEAD + (
+    "pythonic": _head("Write calls as [func_name1(params_name1=params_value1), "
+                      "func_name2(params)].") + (
         "{%- if m.role == 'assistant' and m.tool_calls is defined %}<|assistant|>["
         "{% for c in m.tool_calls %}{{ c.function.name }}("
         "{% for k, v in c.function.arguments.items() %}{{ k }}={{ v | tojson }}"
@@ -101,10 +109,11 @@ def served(request, base_model, tmp_path_factory):
     config = json.loads((directory / "tokenizer_config.json").read_text())
     config["chat_template"] = TEMPLATES[parser]
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    # no option.tool_call_parser: the server reads the format from the chat template
     (directory / "serving.properties").write_text(
-        f"option.tool_call_parser={parser}\noption.num_kv_blocks=128\noption.kv_block_size=16\n"
-        "option.max_rolling_batch_size=4\n")
+        "option.num_kv_blocks=128\noption.kv_block_size=16\noption.max_rolling_batch_size=4\n")
     process = ServeProcess(directory).start()
+    assert f"tool calls (tool_choice=auto): {parser} parser (the chat template" in process.log
     yield parser, process, directory
     process.stop()
 
@@ -347,3 +356,38 @@ def test_a_marker_that_is_a_special_token_reaches_the_parser(base_model):
     plain = IncrementalText(tokenizer, [])
     assert "<|user|>" not in plain.add(body + [marker] + call).text + plain.finish()
     assert ToolPlan(TOOLS, "required", True, "mistral").marker_tokens(tokenizer) == {}
+
+
+# the parser read from the chat template ----------------------------------------------------
+LLAMA31_LIKE = ('{%- if builtin_tools is defined %}<|python_tag|>{% endif %}Respond in the '
+                'format {"name": function name, "parameters": dictionary of argument name and '
+                'its value}.')
+
+
+@pytest.mark.parametrize("option, templates, parser", [
+    (None, [TEMPLATES["hermes"]], "hermes"),
+    (None, [LLAMA31_LIKE], "llama3_json"),
+    (None, ["<|python_start|>{{ t }}<|python_tag|>"], "pythonic"),      # Llama 4 style
+    (None, ["plain {{ messages }}", TEMPLATES["mistral"]], "mistral"),  # a named tool_use one
+    (None, ["plain {{ messages }}"], None),
+    (None, [], None),
+    ("pythonic", [TEMPLATES["hermes"]], "pythonic"),                    # the option wins
+])
+def test_the_parser_is_read_from_the_chat_template(option, templates, parser):
+    from container.text.tool_format import tool_parser_for
+
+    assert tool_parser_for(option, templates)[0] == parser
+
+
+def test_named_templates_are_all_read(base_model, tmp_path):
+    from container.text.tokenizer import TextTokenizer
+
+    directory = tmp_path / "named"
+    shutil.copytree(base_model, directory)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "default", "template": "{{ messages }}"},
+                               {"name": "tool_use", "template": TEMPLATES["hermes"]}]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = TextTokenizer(directory)
+    assert tokenizer.chat_template == "{{ messages }}"
+    assert len(tokenizer.chat_templates) == 2 and TEMPLATES["hermes"] in tokenizer.chat_templates

@@ -144,6 +144,10 @@ register(
     Key("option.output_formatter", None,
         "Response format: json (default), jsonlines (default when stream=true) or sse.",
         values.choice("json", "jsonlines", "sse")),
+    Key("option.tool_call_parser", None,
+        "How tool_choice=auto reads the model's calls: llama3_json, hermes, mistral or "
+        "pythonic. Unset: detected from the chat template (the log says which).",
+        values.choice("llama3_json", "hermes", "mistral", "pythonic")),
     Key("option.install_requirements", None, "Same as install_requirements.", values.boolean),
     Key("option.model_loading_timeout", None, "Same as model_loading_timeout.",
         values.number(0, exclusive_minimum=True)),

@@ -20,6 +20,7 @@ from flask import Response, request
 
 from ..errors import ServingError, bad_request
 from ..text.tokenizer import TextTokenizer
+from ..text.tool_format import tool_parser_for
 from ..workers import protocol
 from .engine_client import EngineClient
 from .generation import Generation, Result, merged_pieces, wait_all, wait_all_staggered
@@ -59,6 +60,9 @@ class LlmContext:
         self.max_input_len = int(info.get("max_input_len") or self.max_model_len)
         self.model_name = config.model_name
         self.adapter = request_adapter(info, self.model_name)   # header or ?adapter=
+        # the option, else detected from the chat template (the worker logs the same choice)
+        self.tool_parser, self.tool_parser_reason = tool_parser_for(
+            config.option("tool_call_parser"), self.tokenizer.chat_templates)
 
     def check_count(self, count: int, field: str) -> None:
         """A list of prompts is that many requests: more than the job queue holds could only
@@ -358,8 +362,8 @@ def chat(ctx: LlmContext, payload, request_id: str, sse: bool) -> Response:
     messages = template_messages(messages)
     if req.top_logprobs and not req.logprobs:
         raise bad_request("top_logprobs: needs logprobs=true")
-    tools = ToolPlan(req.tools, req.tool_choice, req.parallel_tool_calls,
-                     ctx.config.option("tool_call_parser"))
+    tools = ToolPlan(req.tools, req.tool_choice, req.parallel_tool_calls, ctx.tool_parser,
+                     ctx.tool_parser_reason)
     offered = tools.template_tools()
     text = ctx.tokenizer.apply_chat_template(messages, **({"tools": offered} if offered else {}))
     ctx.check_text(text, "messages")

@@ -3,7 +3,8 @@ and the model's text turned into OpenAI tool_calls.
 
 - tool_choice "none": the tools are not offered; plain text.
 - "auto": the model chooses; its text is parsed by option.tool_call_parser (llama3_json,
-  hermes, mistral, pythonic), as vLLM's --tool-call-parser, incrementally (tool_stream.py):
+  hermes, mistral, pythonic; unset: detected from the chat template, text/tool_format.py),
+  as vLLM's --tool-call-parser, incrementally (tool_stream.py):
   streamed, a call's name goes out as soon as it is written and its arguments piece by piece.
 - "required" / {"type": "function", "function": {"name"}}: the grammar of structured output
   makes the model write the calls as JSON ([{"name", "arguments"}, ...] or that function's
@@ -27,7 +28,7 @@ class ToolPlan:
     """What a request's tools and tool_choice mean for this generation."""
 
     def __init__(self, tools: list[dict] | None, tool_choice, parallel: bool,
-                 parser: str | None):
+                 parser: str | None, parser_reason: str = ""):
         self.tools = [self._check(i, t) for i, t in enumerate(tools or [])]
         self.parallel = parallel
         self.parser = parser
@@ -47,7 +48,8 @@ class ToolPlan:
         if choice != "none" and not self.tools:
             raise bad_request(f"tool_choice: {choice!r} needs tools")
         if choice == "auto" and parser is None:
-            raise bad_request('tool_choice: "auto" needs a parser for the model\'s calls: set '
+            raise bad_request('tool_choice: "auto" needs a parser for the model\'s calls and '
+                              f"none was detected ({parser_reason}): set "
                               f"option.tool_call_parser ({', '.join(PARSERS)}), or use "
                               '"required" or a named function')
         if parser is not None and parser not in PARSERS:

@@ -39,12 +39,16 @@ class TextTokenizer:
         self.eos_token = _token_text(self.config.get("eos_token"))
         self.add_bos_token = bool(self.config.get("add_bos_token", False))
         template = self.config.get("chat_template")
+        named = []
         if isinstance(template, list):   # named templates: take "default"
+            named = [t["template"] for t in template if isinstance(t.get("template"), str)]
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         jinja_file = model_dir / "chat_template.jinja"
         if template is None and jinja_file.is_file():
             template = jinja_file.read_text(encoding="utf-8")
         self.chat_template = template
+        # every template the checkpoint ships (a "tool_use" one shows the tool-call format)
+        self.chat_templates = list(dict.fromkeys(t for t in [template, *named] if t))
         added = self.tokenizer.get_added_tokens_decoder()
         self.special_ids = {i for i, t in added.items() if t.special}
         self.bos_id = self.tokenizer.token_to_id(self.bos_token) if self.bos_token else None

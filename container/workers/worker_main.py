@@ -115,6 +115,8 @@ def main() -> int:
     ipc.start()
     info = dict(service.model_info(), pid=os.getpid(), ranks=dist.world_size,
                 rank_pids=_rank_pids(run_dir, generation, dist.world_size))
+    if info.get("kind") == "llm":
+        _log_tool_parser(config, info["tokenizer_dir"])
 
     def announce_ready() -> None:
         run_dir.write_atomic(run_dir.ready_path(generation), json.dumps(info))
@@ -122,6 +124,24 @@ def main() -> int:
 
     service.serve(ipc, announce_ready)
     return 0
+
+
+def _log_tool_parser(config, tokenizer_dir: str) -> None:
+    """Say which tool-call parser tool_choice=auto will use (the front end decides the same
+    way from the same template)."""
+    from ..text.tokenizer import TextTokenizer
+    from ..text.tool_format import tool_parser_for
+
+    try:
+        templates = TextTokenizer(tokenizer_dir).chat_templates
+    except (OSError, ValueError):         # no tokenizer.json: the routes will say so
+        return
+    parser, reason = tool_parser_for(config.option("tool_call_parser"), templates)
+    if parser:
+        log.info("tool calls (tool_choice=auto): %s parser (%s)", parser, reason)
+    else:
+        log.info("tool calls (tool_choice=auto): no parser (%s); set option.tool_call_parser "
+                 "to offer it", reason)
 
 
 def _pid_path(run_dir: RunDir, generation: int, rank: int):
