@@ -9,7 +9,8 @@ taking placeholder tokens from the previous step's sampled tokens, and ends with
 token of every row, written to the same fixed token buffer the next step reads: a greedy step
 needs nothing outside the graph but the plan upload and the copy of its tokens to the host.
 Rows beyond the real batch are padding: they write their KV to the cache's scratch slot and
-attend to nothing (sequence length 0).
+attend to nothing (sequence length 0). With LoRA the graphs include the batched LoRA kernels,
+reading each row's adapter slot from a fixed buffer filled before the replay.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gc
 import logging
 import time
 
+import numpy as np
 import torch
 
 from .kernels import gpu_kernels
@@ -43,9 +45,14 @@ class DecodeGraphs:
         self.slots = torch.full((max_batch,), runner.scratch_slot, dtype=torch.int64, device=device)
         self.seq_lens = torch.zeros(max_batch, dtype=torch.int64, device=device)
         self.tables = torch.zeros(max_batch, max_blocks, dtype=torch.int64, device=device)
-        # a decode plan of max_batch sequences (StepPlan layout), and the sampled tokens
-        self.plan = torch.zeros(6 + 6 * max_batch + max_batch * max_blocks, dtype=torch.int64,
+        # a decode plan of max_batch sequences (StepPlan layout, with the LoRA slots at its
+        # end when adapters are served), and the sampled tokens
+        self.lora = runner.lora
+        self.plan = torch.zeros(6 + 6 * max_batch + max_batch * max_blocks
+                                + (max_batch if self.lora else 0), dtype=torch.int64,
                                 device=device)
+        # each row's adapter slot, read by the LoRA kernels inside the graphs (-1: none)
+        self.lora_slots = torch.full((max_batch,), -1, dtype=torch.int64, device=device)
         self.tokens = torch.zeros(max_batch, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -93,6 +100,8 @@ class DecodeGraphs:
                 for size in reversed(bucket_sizes(self.max_batch)):   # largest first: pool reuse
                     self.splits[size] = self.runner.decode_splits(
                         size, self.max_blocks * self.runner.block_size)
+                    if self.lora is not None:
+                        self.lora.context.capture_with(self.lora_slots[:size])
                     for _ in range(2):                                 # compile kernels, warm up
                         self._forward(size)
                     graph = torch.cuda.CUDAGraph()
@@ -100,6 +109,8 @@ class DecodeGraphs:
                         self.outputs[size] = self._forward(size)
                     self.graphs[size] = graph
         finally:
+            if self.lora is not None:
+                self.lora.context.capture_with(None)
             if collecting:
                 gc.enable()
         self.sizes = sorted(self.graphs)
@@ -122,6 +133,11 @@ class DecodeGraphs:
         count = int(plan.data[1])
         size = self.sizes[bisect.bisect_left(self.sizes, count)]
         self.runner.upload_into(plan.data, self.plan)
+        if self.lora is not None:
+            start, rows = plan.layout(lora=True)["lora_slots"]
+            slots = np.full(size, -1, dtype=np.int64)         # padding rows: no adapter
+            slots[:rows] = plan.data[start:start + rows]
+            self.lora_slots[:size].copy_(torch.from_numpy(slots))
         if previous_tokens is not None and previous_tokens.data_ptr() != self.tokens.data_ptr():
             # from an eager step or the sampler: where the graph reads placeholders from
             self.tokens[:previous_tokens.numel()].copy_(previous_tokens)

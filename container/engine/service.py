@@ -151,12 +151,9 @@ class NativeService:
         self.max_model_len = min(max_len, blocks * block_size)
         log.info("%s: %s path (%s); attention per layer: %s", model_config.architecture,
                  self.path, self.path_reason, ", ".join(model_config.attention_kinds))
-        if self.options.enable_lora and device.type == "cuda":
-            log.info("LoRA: decode steps run eagerly (the batched LoRA kernels are not in the "
-                     "CUDA graphs yet)")
         if device.type == "cuda" and not self.options.enforce_eager and self.path == "native" \
-                and self.pipeline is None and not self.options.enable_lora:
-            # pipeline stages and LoRA steps run eagerly (no graphs for them yet)
+                and self.pipeline is None:
+            # pipeline stages run eagerly (no graphs for them yet)
             self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
                                        self.max_model_len)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "

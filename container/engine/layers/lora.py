@@ -35,9 +35,24 @@ class LoRAContext:
     def __init__(self):
         self.groups: list[tuple[int, torch.Tensor]] = []
         self.token_slots: torch.Tensor | None = None
+        self.capturing = False
+
+    @property
+    def active(self) -> bool:
+        """Whether LoRA layers add anything this step. While a CUDA graph is recorded they
+        always do: the graph is replayed for steps with and without adapters alike."""
+        return self.capturing or bool(self.groups)
+
+    def capture_with(self, slots: torch.Tensor | None) -> None:
+        """Record graphs that read each row's slot from `slots` (a fixed device buffer the
+        graph runner fills before every replay); None ends the recording."""
+        self.set(None)
+        self.capturing = slots is not None
+        self.token_slots = slots
 
     def set(self, token_slots: torch.Tensor | None, device: torch.device | None = None) -> None:
         """token_slots: a host tensor, one slot per token row (BASE: no adapter)."""
+        self.capturing = False
         self.token_slots = None
         self.groups = []
         if token_slots is None or token_slots.numel() == 0:
@@ -98,12 +113,20 @@ class LoRALinear(nn.Module):
         self.in_full = base.in_features if self.row_parallel else self.in_local
         device = base.weight.device
         self.max_rank = max_rank
-        self.lora_a = nn.ParameterList(
-            nn.Parameter(torch.zeros(max_loras, max_rank, self.in_local, dtype=dtype,
-                                     device=device), requires_grad=False) for _ in self.pieces)
-        self.lora_b = nn.ParameterList(
-            nn.Parameter(torch.zeros(max_loras, p.out_count, max_rank, dtype=dtype,
-                                     device=device), requires_grad=False) for p in self.pieces)
+        out_local = sum(p.out_count for p in self.pieces)
+        if [p.out_offset for p in self.pieces] != [sum(q.out_count for q in self.pieces[:i])
+                                                  for i in range(len(self.pieces))]:
+            raise ValueError("LoRA pieces must tile the layer's output in order")
+        # every piece's A stacked along the rank and B along the output, so the GPU path is
+        # one shrink and one expand per layer (kernels/lora.py); lora_a / lora_b are views
+        self.a_all = torch.zeros(max_loras, len(self.pieces) * max_rank, self.in_local,
+                                 dtype=dtype, device=device)
+        self.b_all = torch.zeros(max_loras, out_local, max_rank, dtype=dtype, device=device)
+        self.lora_a = [self.a_all[:, i * max_rank:(i + 1) * max_rank]
+                       for i in range(len(self.pieces))]
+        self.lora_b = [self.b_all[:, p.out_offset:p.out_offset + p.out_count]
+                       for p in self.pieces]
+        self.piece_rows = [p.out_count for p in self.pieces]
         # which pieces each slot fills: a slot that does not target this layer costs nothing
         self.filled: list[set[int]] = [set() for _ in range(max_loras)]
 
@@ -130,29 +153,27 @@ class LoRALinear(nn.Module):
         self.clear_slot(slot)
         for piece, (a, b) in weights.items():
             rank = a.shape[0]
-            self.lora_a[piece].data[slot, :rank].copy_(a)
-            self.lora_b[piece].data[slot, :, :rank].copy_(b)
+            self.lora_a[piece][slot, :rank].copy_(a)
+            self.lora_b[piece][slot, :, :rank].copy_(b)
         self.filled[slot] = set(weights)
 
     def clear_slot(self, slot: int) -> None:
         for piece in self.filled[slot]:
-            self.lora_a[piece].data[slot].zero_()
-            self.lora_b[piece].data[slot].zero_()
+            self.lora_a[piece][slot].zero_()
+            self.lora_b[piece][slot].zero_()
         self.filled[slot] = set()
 
     # forward ----------------------------------------------------------------------------------
     def _add_lora(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Plain PyTorch path: per slot present in the step, shrink then expand its rows.
-        On a GPU with the Triton kernels: one shrink and one expand launch per piece, every
-        row's slot at once (kernels/lora.py)."""
+        On a GPU with the Triton kernels: one shrink and one expand launch for all pieces,
+        every row's slot at once (kernels/lora.py)."""
         if gpu_kernels(x) is not None and out.is_contiguous():
             from ..kernels.lora import lora_expand, lora_shrink
 
             slots = self.context.token_slots
-            for piece, p in enumerate(self.pieces):
-                h = lora_shrink(x, self.lora_a[piece], slots)
-                lora_expand(h, self.lora_b[piece], slots, out, p.out_offset)
-            return out
+            h = lora_shrink(x, self.a_all, slots)
+            return lora_expand(h, self.b_all, slots, out, 0, self.piece_rows)
         for slot, rows in self.context.groups:
             filled = self.filled[slot]
             if not filled:
@@ -175,10 +196,10 @@ class LoRALinear(nn.Module):
     def forward(self, x, reduce: bool = True):
         if not self.row_parallel:
             out = self.base(x)
-            return self._add_lora(x, out) if self.context.groups else out
+            return self._add_lora(x, out) if self.context.active else out
         base = self.base
         out = linear(x, base.weight)
-        if self.context.groups:
+        if self.context.active:
             out = self._add_lora(x, out)
         if not reduce and base.can_defer_reduce:
             return out
