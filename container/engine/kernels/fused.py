@@ -68,9 +68,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 def _cache_value(x, FP8_CACHE: tl.constexpr):
     """A value as the KV cache stores it: an FP8 cache (scale 1.0) gets it clamped to e4m3's
     range and rounded to nearest-even; a cache of the model's type as it is."""
-    if FP8_CACHE:
-        return tl.clamp(x.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
-    return x
+    y = x
+    if FP8_CACHE:       # resolved at compile time: one branch is built
+        y = tl.clamp(x.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
+    return y
 
 
 @triton.jit

@@ -1,0 +1,123 @@
+"""The FP8 pieces of the GPU path: under Triton's interpreter on CPU (the FP8 GEMV, the fused
+rotary + FP8 cache write, both paged-attention kernels reading an FP8 cache), and on a GPU
+where there is one (_scaled_mm with per-token x per-channel scales, the whole model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import triton_interpreter
+
+if not torch.cuda.is_available() and not triton_interpreter.enable():
+    pytest.fail("triton is not installed: the kernel tests need it (pip install triton)")
+
+from container.engine.quant.fp8 import (FP8, dequantize, fake_quantize_per_token,  # noqa: E402
+                                        fp8_linear, linear_reference, quantize_per_channel)
+
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests below cover it")
+NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+@CPU_ONLY
+def test_fp8_gemv_matches_the_reference(monkeypatch):
+    from container.engine.kernels.gemv import gemv_fp8
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 1000, generator=generator)
+    q, scale = quantize_per_channel(torch.randn(77, 1000, generator=generator))
+    expected = x @ dequantize(q, scale, torch.float32).T
+    assert torch.allclose(gemv_fp8(x, q, scale), expected, atol=1e-4)
+    # and fp8_linear takes it for one token when the kernels run (here: on CPU tensors)
+    monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1")
+    bias = torch.randn(77, generator=generator)
+    assert torch.allclose(fp8_linear(x, q, scale, bias), expected + bias, atol=1e-4)
+
+
+@CPU_ONLY
+def test_rope_and_fp8_cache_write_match_the_torch_path():
+    from container.engine.kernels import fused
+    from container.engine.layers.attention import write_kv
+    from container.engine.layers.rotary import RotaryEmbedding
+
+    rotary = RotaryEmbedding(64, 128, 10000.0, None)
+    tokens, q_heads, kv_heads, page = 7, 6, 2, 8
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(tokens, q_heads, 64, generator=generator)
+    k = torch.randn(tokens, kv_heads, 64, generator=generator) * 3
+    v = torch.randn(tokens, kv_heads, 64, generator=generator)
+    k[0, 0, :4] = torch.tensor([1000.0, -1000.0, 1e-4, 0.0])        # clamped, subnormal, zero
+    positions = torch.tensor([0, 1, 2, 50, 51, 90, 127])
+    slots = torch.tensor([3, 4, 5, 17, 18, 30, 9])
+    cache = torch.zeros(2, 5, page, kv_heads, 64, dtype=FP8)
+    expected = cache.clone()
+    q_ref, k_ref = rotary(positions, q.clone(), k)
+    write_kv(expected, k_ref, v, slots)
+    fused.rope_and_cache(q, k, v, positions, rotary.cos, rotary.sin, cache, slots)
+    assert torch.allclose(q, q_ref, atol=1e-5)
+    assert not torch.isnan(cache.float()).any()
+    got, want = cache.float(), expected.float()
+    # Triton's interpreter converts to FP8 in software, with two slips the GPU's cvt and torch
+    # don't make: it drops the carry when rounding up to a power of two (1.97 -> 1.0, not
+    # 2.0), and it may round subnormals (up to 2^-6) a step (2^-9) off. Nowhere else may the
+    # bytes differ.
+    differ = cache.view(torch.uint8) != expected.view(torch.uint8)
+    lost_carry = (torch.frexp(want)[0].abs() == 0.5) & (got == want / 2)
+    subnormal_step = (want.abs() <= 2 ** -6) & ((got - want).abs() <= 2 ** -9)
+    assert bool((lost_carry | subnormal_step)[differ].all())
+    assert differ.float().mean() < 0.05
+    assert want[0, 3 // page, 3 % page, 0].abs().max() == 448      # clamped, not NaN
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("lens, query_lens", [([37, 5, 100], [37, 2, 30]),
+                                              ([37, 5, 100, 1], [1, 1, 1, 1])])
+def test_paged_attention_kernels_read_an_fp8_cache(lens, query_lens):
+    from container.engine.kernels.paged_attention import paged_decode, paged_prefill
+    from container.engine.kernels.workspace import DecodeWorkspace
+    from container.engine.layers.attention import TorchPagedAttention, write_kv
+    from test_kernels import paged_case
+
+    cache, meta, q, k, v = paged_case(4, 2, 64, 16, lens, query_lens)
+    cache = cache.clamp(-448, 448).to(FP8)
+    scale = 64 ** -0.5
+    reference = TorchPagedAttention(scale)(q, k, v, cache.clone(), meta)
+    write_kv(cache, k, v, meta.slot_mapping)
+    out = paged_prefill(q, cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+                        meta.max_query_len, scale)
+    assert torch.allclose(out, reference, atol=1e-4), (out - reference).abs().max()
+    if max(query_lens) == 1:
+        for splits in (1, 3):
+            decoded = paged_decode(q, cache, meta.block_tables, meta.seq_lens, scale, splits,
+                                   DecodeWorkspace())
+            assert torch.allclose(decoded, reference, atol=1e-4), splits
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+@pytest.mark.parametrize("tokens", [2, 5, 64])
+def test_scaled_mm_matches_fake_quantized_activations(tokens):
+    from container.engine.quant.fp8 import linear_scaled_mm, scaled_mm_supported
+
+    device = "cuda"
+    if not scaled_mm_supported(torch.device(device)):
+        pytest.skip("no FP8 tensor cores on this GPU")
+    generator = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(tokens, 4096, device=device, generator=generator).to(torch.bfloat16)
+    q, scale = quantize_per_channel(torch.randn(1024, 4096, device=device,
+                                                generator=generator).to(torch.bfloat16))
+    got = linear_scaled_mm(x, q, scale).float()
+    expected = linear_reference(fake_quantize_per_token(x).float(), q, scale).float()
+    assert torch.allclose(got, expected, atol=0.1, rtol=2e-2), (got - expected).abs().max()
+    assert torch.equal(fp8_linear(x, q, scale), linear_scaled_mm(x, q, scale))
+
+
+@pytest.mark.gpu
+@NEEDS_GPU
+def test_fp8_gemv_on_the_gpu():
+    from container.engine.kernels.gemv import gemv_fp8
+
+    x = torch.randn(1, 4096, device="cuda").to(torch.bfloat16)
+    q, scale = quantize_per_channel(torch.randn(14336, 4096, device="cuda"))
+    expected = linear_reference(x.float(), q, scale)
+    assert torch.allclose(gemv_fp8(x, q, scale).float(), expected, atol=0.05, rtol=2e-2)
