@@ -153,10 +153,7 @@ def _serve_run(label: str, env: dict, args: list[str], poll: bool = False) -> di
         result.update(_described())
         peak = _poll_running() if poll else None
         level = first_level(load_generator(label, "native", CKPT, args))
-        result.update({k: level.get(k) for k in ("output_throughput", "tpot_median_ms",
-                                                 "itl_median_ms", "ttft_median_ms",
-                                                 "per_user_tok_s", "completed", "duration_s")
-                       if k in level} or level)
+        result.update(_figures(level))
         if peak is not None:
             peak["stop"] = True
             peak["thread"].join(timeout=5)
@@ -166,6 +163,17 @@ def _serve_run(label: str, env: dict, args: list[str], poll: bool = False) -> di
         server.stop()
     log(f"{label}: {result}")
     return result
+
+
+def _figures(level: dict) -> dict:
+    """The load generator's figures this table reports (container/bench/metrics.py)."""
+    def p50(key):
+        return (level.get(key) or {}).get("p50")
+    return {"completed": level.get("completed"), "failed": level.get("failed"),
+            "duration_s": level.get("duration_s"),
+            "output_tokens_per_s": level.get("output_tokens_per_s"),
+            "ttft_p50_ms": p50("ttft_ms"), "tpot_p50_ms": p50("tpot_ms"),
+            "itl_p50_ms": p50("itl_ms"), "per_user_tok_s_p50": p50("per_user_tokens_per_s")}
 
 
 def _described() -> dict:
@@ -225,16 +233,19 @@ def phase_kv() -> None:
     SUMMARY["kv_fp8"] = _serve_run("fp8_kv_fp8", FP8_KV, KV, poll=True)
 
 
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def table() -> str:
-    rows = [("run", "kv blocks", "out tok/s", "TPOT ms", "TTFT ms", "max running")]
+    rows = [("run", "kv blocks", "out tok/s", "TPOT p50 ms", "TTFT p50 ms", "max running")]
     for key in ("W1_bf16", "W1_fp8", "W2_bf16", "W2_fp8", "max_fp8", "kv_auto", "kv_fp8"):
         run = SUMMARY.get(key)
         if not run:
             continue
         rows.append((key, str(run.get("kv_blocks_total", "")),
-                     f"{run.get('output_throughput', float('nan')):.1f}",
-                     f"{run.get('tpot_median_ms', float('nan')):.2f}",
-                     f"{run.get('ttft_median_ms', float('nan')):.1f}",
+                     _number(run.get("output_tokens_per_s"), 1),
+                     _number(run.get("tpot_p50_ms"), 2), _number(run.get("ttft_p50_ms"), 1),
                      str(run.get("max_running_sequences", ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
