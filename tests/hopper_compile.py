@@ -26,7 +26,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from container.engine.kernels import allreduce_norm, fused, gemv, moe, paged_attention, step_inputs
+from container.engine.kernels import (allreduce_norm, fused, gemv, moe, paged_attention, quant,
+                                      step_inputs)
 from container.engine.kernels.workspace import DecodeWorkspace
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -137,7 +138,7 @@ def gpu_path_launches() -> list:
     for module, name in ((fused, "_rms_norm_kernel"), (fused, "_rope_cache_kernel"),
                          (fused, "_silu_mul_kernel"), (fused, "_argmax_part_kernel"),
                          (fused, "_argmax_final_kernel"), (gemv, "_gemv_kernel"),
-                         (gemv, "_gemv_fp8_kernel"),
+                         (gemv, "_gemv_fp8_kernel"), (quant, "_per_token_quant_kernel"),
                          (paged_attention, "_prefill_kernel"),
                          (paged_attention, "_decode_split_kernel"),
                          (paged_attention, "_decode_merge_kernel"),
@@ -166,6 +167,8 @@ def gpu_path_launches() -> list:
     fp8 = torch.float8_e4m3fn
     gemv.gemv_fp8(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=fp8),
                   torch.empty(1024, dtype=torch.float32))
+    for width in (hidden, 14336):        # activations into _scaled_mm (qkv / gate_up, down)
+        quant.per_token_quant(torch.empty(4, width, dtype=bf16), 448.0, 1e-12)
     fp8_cache = torch.empty(2, blocks, page, kv_heads, dim, dtype=fp8)
     fused.rope_and_cache(q, k, k.clone(), torch.zeros(4, dtype=torch.int64), cos, cos,
                          fp8_cache, torch.zeros(4, dtype=torch.int64))
