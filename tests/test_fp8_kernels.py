@@ -57,15 +57,11 @@ def test_rope_and_fp8_cache_write_match_the_torch_path():
     assert torch.allclose(q, q_ref, atol=1e-5)
     assert not torch.isnan(cache.float()).any()
     got, want = cache.float(), expected.float()
-    # Triton's interpreter converts to FP8 in software, with two slips the GPU's cvt and torch
-    # don't make: it drops the carry when rounding up to a power of two (1.97 -> 1.0, not
-    # 2.0), and it may round subnormals (up to 2^-6) a step (2^-9) off. Nowhere else may the
-    # bytes differ.
-    differ = cache.view(torch.uint8) != expected.view(torch.uint8)
-    lost_carry = (torch.frexp(want)[0].abs() == 0.5) & (got == want / 2)
-    subnormal_step = (want.abs() <= 2 ** -6) & ((got - want).abs() <= 2 ** -9)
-    assert bool((lost_carry | subnormal_step)[differ].all())
-    assert differ.float().mean() < 0.05
+    # the same bytes (tests/triton_interpreter.py narrows to e4m3 as the GPU does), but where
+    # the two paths' float32 rotations differ in the last bit right at an FP8 tie
+    same = cache.view(torch.uint8) == expected.view(torch.uint8)
+    assert same.float().mean() > 0.999
+    assert torch.allclose(got, want, rtol=2 ** -3, atol=2 ** -9)
     assert want[0, 3 // page, 3 % page, 0].abs().max() == 448      # clamped, not NaN
 
 
@@ -135,10 +131,32 @@ def test_per_token_quant_kernel_matches_torch():
     q_ref, scale_ref = quantize_per_token(x)
     assert torch.allclose(scale, scale_ref, rtol=1e-6)
     assert not torch.isnan(q.float()).any() and bool((q[3].float() == 0).all())
-    # bytes differ only where the interpreter's FP8 conversion slips (see the cache-write test)
-    got, want = q.float(), q_ref.float()
-    differ = q.view(torch.uint8) != q_ref.view(torch.uint8)
-    lost_carry = (torch.frexp(want)[0].abs() == 0.5) & (got == want / 2)
-    subnormal_step = (want.abs() <= 2 ** -6) & ((got - want).abs() <= 2 ** -9)
-    assert bool((lost_carry | subnormal_step)[differ].all())
-    assert (q.view(torch.uint8) == q_ref.view(torch.uint8)).float().mean() > 0.95
+    assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@CPU_ONLY
+def test_whole_fp8_engine_on_the_kernel_path_matches_its_torch_path(monkeypatch, tmp_path):
+    """FP8 weights and FP8 KV cache: the kernel path (FP8 GEMV at one token, fused rotary +
+    FP8 cache write, Triton attention reading FP8) against the PyTorch path, under
+    preemption: the same greedy tokens."""
+    from container.engine.model_config import ModelConfig
+    from container.engine.quant.plan import QuantPlan
+    from test_engine import make_engine, random_prompts, run_staggered
+    from test_fp8 import runner_for
+    from tiny_models import build_model
+
+    model_dir = build_model(tmp_path / "m", "llama")
+    prompts = random_prompts(ModelConfig.from_dir(model_dir).vocab_size, count=4)
+    plan = QuantPlan(quantize_at_load=True, kv_cache_option="fp8")
+
+    def run(kernels: bool):
+        monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1" if kernels else "0")
+        engine = make_engine(model_dir, num_blocks=12, budget=24)
+        engine.runner = runner_for(model_dir, plan, blocks=12)
+        return run_staggered(engine, prompts, 6), engine
+
+    torch_tokens, _ = run(False)
+    kernel_tokens, engine = run(True)
+    assert engine.scheduler.total_preemptions > 0
+    assert engine.runner.kv_caches[0].dtype == FP8
+    assert kernel_tokens == torch_tokens
