@@ -36,7 +36,8 @@ from tiny_models import build_model
 
 HERE = Path(__file__).resolve().parent
 F8 = torch.float8_e4m3fn
-TARGET = re.compile(r"layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+TARGET = re.compile(r"layers\.\d+\.(self_attn\.([qkvo]|qkv)_proj|mlp\.(gate|up|down|gate_up)_proj)"
+                    r"\.weight$")
 PROMPT_COUNT = 4
 
 
@@ -143,6 +144,28 @@ def test_quantize_fp8_matches_per_channel_simulation(tiny, prompts, plain_logits
     ours = our_logits(runner, prompts)
     simulated = transformers_logits(tiny, prompts, dequantized_state(tiny, fp8_per_channel))
     assert_near_simulation(ours, simulated, plain_logits)
+
+
+@pytest.mark.parametrize("family, overrides", [
+    ("qwen3", {}), ("gemma2", {}), ("phi3", {})], ids=["qwen3", "gemma2", "phi3-fused"])
+def test_quantize_fp8_across_families(tmp_path, family, overrides):
+    """q/k norms (Qwen3), GeGLU and soft-caps (Gemma 2), qkv and gate/up fused in the
+    checkpoint (Phi-3, read piece by piece; its per-tensor FP8 checkpoint too)."""
+    model_dir = build_model(tmp_path / family, family, **overrides)
+    prompts = random_prompts(ModelConfig.from_dir(model_dir).vocab_size, count=2, low=20,
+                             high=30, seed=4)
+    plain = transformers_logits(model_dir, prompts)
+    ours = our_logits(runner_for(model_dir, QuantPlan(quantize_at_load=True)), prompts)
+    simulated = transformers_logits(model_dir, prompts,
+                                    dequantized_state(model_dir, fp8_per_channel))
+    assert_near_simulation(ours, simulated, plain)
+    if family == "phi3":
+        checkpoint = write_fp8_checkpoint(model_dir, tmp_path / "modelopt", "modelopt")
+        plan = plan_quantization(None, None, checkpoint, "phi3", "Phi3ForCausalLM")
+        simulated = transformers_logits(model_dir, prompts,
+                                        dequantized_state(model_dir, fp8_per_tensor))
+        assert_near_simulation(our_logits(runner_for(checkpoint, plan), prompts), simulated,
+                               plain)
 
 
 def test_quantized_layers_are_fp8_within_e4m3_error_and_the_rest_stays(tiny):

@@ -38,8 +38,8 @@ class Fp8Checkpoint:
     ignored: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return (f"{self.method} checkpoint, FP8 weights per {self.weight_strategy}, "
-                f"{self.activations} activation scales in the checkpoint")
+        return (f"{self.method} checkpoint: FP8 weights per {self.weight_strategy}, its "
+                f"activation scheme {self.activations}")
 
 
 def skip_tensor(name: str) -> bool:

@@ -43,7 +43,7 @@ class QuantPlan:
     def describe(self, model_dtype: torch.dtype) -> dict:
         """For the start-up log and GET /models/{name}."""
         if self.checkpoint is not None:
-            weights = f"fp8 ({self.checkpoint.describe()}; activations per token)"
+            weights = f"fp8 ({self.checkpoint.describe()}; activations scaled per token)"
         elif self.quantize_at_load:
             weights = "fp8 (quantized at load: weights per output channel, activations per token)"
         else:
