@@ -26,14 +26,16 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from container.engine.kernels import allreduce_norm, fused, gemv, moe, paged_attention, step_inputs
+from container.engine.kernels import (allreduce_norm, fused, gemv, moe, paged_attention, quant,
+                                      step_inputs)
 from container.engine.kernels.workspace import DecodeWorkspace
 
 HOPPER = GPUTarget("cuda", 90, 32)
 COMPILE_OPTIONS = ("num_warps", "num_stages")
 LAUNCH_ONLY = ("launch_pdl",)
 DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
-          torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1"}
+          torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1",
+          torch.float8_e4m3fn: "fp8e4nv"}
 
 
 class Recorder:
@@ -92,7 +94,8 @@ def compile_launch(kernel, args, kwargs, pdl: bool, ptx_dir: Path | None = None)
     ptx = compiled.asm["ptx"]
     if ptx_dir is not None:       # to compare two versions of a kernel: same PTX, same speed
         name = "-".join([kernel.__name__, *(f"{k}={v}" for k, v in result["constexprs"].items()),
-                         *(f"{k}={v}" for k, v in options.items())])
+                         *(f"{k}={v}" for k, v in options.items()),
+                         *(["fp8"] if "*fp8e4nv" in signature.values() else [])])
         (ptx_dir / f"{name}.ptx").write_text(ptx)
     return dict(result, ok=len(compiled.asm["cubin"]) > 0,
                 griddep_wait="griddepcontrol.wait" in ptx,
@@ -135,6 +138,7 @@ def gpu_path_launches() -> list:
     for module, name in ((fused, "_rms_norm_kernel"), (fused, "_rope_cache_kernel"),
                          (fused, "_silu_mul_kernel"), (fused, "_argmax_part_kernel"),
                          (fused, "_argmax_final_kernel"), (gemv, "_gemv_kernel"),
+                         (gemv, "_gemv_fp8_kernel"), (quant, "_per_token_quant_kernel"),
                          (paged_attention, "_prefill_kernel"),
                          (paged_attention, "_decode_split_kernel"),
                          (paged_attention, "_decode_merge_kernel"),
@@ -158,6 +162,16 @@ def gpu_path_launches() -> list:
     fused.silu_and_mul(torch.empty(4, 2 * 14336, dtype=bf16))
     fused.argmax_rows(torch.empty(4, 128256, dtype=bf16), torch.empty(4, dtype=torch.int64))
     gemv.gemv(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=bf16))
+    # FP8 (option.quantize=fp8, option.kv_cache_dtype=fp8): the weight GEMV, the cache write
+    # and both attention kernels reading an FP8 cache
+    fp8 = torch.float8_e4m3fn
+    gemv.gemv_fp8(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=fp8),
+                  torch.empty(1024, dtype=torch.float32))
+    for width in (hidden, 14336):        # activations into _scaled_mm (qkv / gate_up, down)
+        quant.per_token_quant(torch.empty(4, width, dtype=bf16), 448.0, 1e-12)
+    fp8_cache = torch.empty(2, blocks, page, kv_heads, dim, dtype=fp8)
+    fused.rope_and_cache(q, k, k.clone(), torch.zeros(4, dtype=torch.int64), cos, cos,
+                         fp8_cache, torch.zeros(4, dtype=torch.int64))
     tables = torch.zeros(4, blocks, dtype=torch.int64)        # as in cuda_graphs.DecodeGraphs
     seq_lens = torch.full((4,), 256, dtype=torch.int64)
     paged_attention.paged_prefill(q, kv_cache, tables, seq_lens,
@@ -168,6 +182,10 @@ def gpu_path_launches() -> list:
     paged_attention.DECODE_OVERRIDE = {"block_n": 16, "num_warps": 2, "num_stages": 2}
     paged_attention.paged_decode(q, kv_cache, tables, seq_lens, 0.088, 4, workspace)  # + merge
     paged_attention.DECODE_OVERRIDE = None
+    paged_attention.paged_prefill(q, fp8_cache, tables, seq_lens,
+                                  torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32), 1, 0.088)
+    for splits in (1, 4):
+        paged_attention.paged_decode(q, fp8_cache, tables, seq_lens, 0.088, splits, workspace)
     # sliding window and soft-capping (Mistral, Gemma): runtime arguments of the same kernels
     paged_attention.paged_prefill(q, kv_cache, tables, seq_lens,
                                   torch.tensor([0, 1, 2, 3, 4], dtype=torch.int32), 1, 0.088,
@@ -216,9 +234,10 @@ def main() -> int:
     if ptx_dir is not None:
         ptx_dir.mkdir(parents=True, exist_ok=True)
     for kernel, args, kwargs in gpu_path_launches():
-        if kernel.__name__ == "_gemv_kernel":       # on a GPU the autotuner picks one of these
+        tuned = {"_gemv_kernel": gemv.CONFIGS, "_gemv_fp8_kernel": gemv.FP8_CONFIGS}
+        if kernel.__name__ in tuned:       # on a GPU the autotuner picks one of these
             variants = [dict(kwargs, **config.kwargs, num_warps=config.num_warps,
-                             num_stages=config.num_stages) for config in gemv.CONFIGS]
+                             num_stages=config.num_stages) for config in tuned[kernel.__name__]]
         else:
             variants = [kwargs]
         for variant in variants:

@@ -14,7 +14,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 KERNELS = {"_rms_norm_kernel", "_rope_cache_kernel", "_silu_mul_kernel", "_argmax_part_kernel",
-           "_argmax_final_kernel", "_gemv_kernel", "_prefill_kernel", "_decode_split_kernel",
+           "_argmax_final_kernel", "_gemv_kernel", "_gemv_fp8_kernel",
+           "_per_token_quant_kernel", "_prefill_kernel", "_decode_split_kernel",
            "_decode_merge_kernel", "_unpack_decode_kernel", "_allreduce_add_norm_kernel",
            "_moe_gate_up_kernel", "_moe_down_kernel", "_pair_gate_up_kernel",
            "_pair_down_kernel"}
@@ -52,6 +53,7 @@ def test_pdl_kernels_wait_and_release_only_when_asked(compiled):
     output, and let its successor launch; without it neither instruction may be there."""
     with_pdl = [c for c in compiled if c["pdl"]]
     assert {c["kernel"] for c in with_pdl} >= {"_rms_norm_kernel", "_gemv_kernel",
+                                               "_gemv_fp8_kernel",
                                                "_decode_split_kernel",
                                                "_allreduce_add_norm_kernel"}
     for c in compiled:

@@ -3,6 +3,10 @@
 Triton 3.6's interpreter converts a scalar tensor to an index with int(array), which NumPy 2
 refuses for the 1-element arrays it holds; data-dependent loop bounds (`range(0, n, B)` with n
 loaded from memory) then fail. We patch that one conversion while the interpreter runs.
+
+Its software rounding to float8_e4m3fn is not the GPU's either (a carry into the exponent is
+lost, 1.97 becoming 1.0; halves round up; subnormals are truncated), so narrowing to e4m3 is
+done by torch instead, which rounds to nearest even as the GPU's cvt does.
 """
 
 from __future__ import annotations
@@ -25,4 +29,30 @@ def enable() -> bool:
         return original(self, obj, name, value)
 
     interpreter._LangPatchScope.set_attr = set_attr
+    _exact_e4m3_narrowing(interpreter)
     return True
+
+
+def _exact_e4m3_narrowing(interpreter) -> None:
+    import numpy as np
+    import torch
+    import triton.language as tl
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder, "_exact_e4m3", False):
+        return
+    original = builder.create_fp_to_fp
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        source = src.dtype.scalar
+        if dst_type.scalar != tl.float8e4nv or source not in (tl.float32, tl.float16, tl.bfloat16):
+            return original(self, src, dst_type, rounding_mode)
+        data = src.data
+        if source == tl.bfloat16:          # held as its 16 bits: widen them to float32
+            data = (data.astype(np.uint32) << 16).view(np.float32)
+        narrowed = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)).to(
+            torch.float8_e4m3fn).view(torch.uint8).numpy()
+        return interpreter.TensorHandle(narrowed.reshape(data.shape), dst_type.scalar)
+
+    builder.create_fp_to_fp = create_fp_to_fp
+    builder._exact_e4m3 = True

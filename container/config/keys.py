@@ -131,7 +131,8 @@ register(
         values.choice("auto", "fp32", "fp16", "bf16",
                       aliases={"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"})),
     Key("option.quantize", None,
-        "Weight quantization. Native engine: none. DeepSpeed: dynamic_int8, smoothquant. "
+        "Weight quantization. Native engine: fp8 (per-channel FP8 weights, quantized at load; "
+        "FP8 checkpoints need nothing). DeepSpeed: dynamic_int8, smoothquant. "
         "TensorRT-LLM: awq, smoothquant, fp8.", values.text),
     Key("option.enable_stateful_sessions", "true",
         "SageMaker stateful sessions (SessionId on InvokeEndpoint): the built-in LLM handler "

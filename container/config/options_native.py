@@ -9,6 +9,9 @@ from .engine_options import EngineOptions, OptionError, existing, option
 from .options_lora import LoRAOptions
 
 
+NATIVE_QUANTIZE = ("fp8",)
+
+
 @dataclass
 class NativeOptions(LoRAOptions, EngineOptions):
     dtype: str = existing("dtype")
@@ -50,6 +53,11 @@ class NativeOptions(LoRAOptions, EngineOptions):
         "stream (s3:// only: each rank reads its own slices straight from S3, no local copy).",
         values.choice("auto", "download", "stream"), scope="common")
     quantize: str | None = existing("quantize")
+    kv_cache_dtype: str = option(
+        "kv_cache_dtype", "auto",
+        "KV-cache element type: auto (the model's dtype) or fp8 (alias fp8_e4m3: "
+        "float8_e4m3fn with a scale of 1.0, half the bytes of bf16, so twice the KV blocks in "
+        "the same memory).", values.choice("auto", "fp8", aliases={"fp8_e4m3": "fp8"}))
     pipeline_parallel_degree: int = option(
         "pipeline_parallel_degree", "1",
         "Pipeline stages the model's layers are split into (ranks = this x "
@@ -66,8 +74,4 @@ class NativeOptions(LoRAOptions, EngineOptions):
                 "pipeline_parallel_degree", str(self.pipeline_parallel_degree),
                 "LoRA adapters are served with tensor parallelism only: set "
                 "option.pipeline_parallel_degree=1 or option.enable_lora=false")
-        if self.quantize:
-            raise OptionError(
-                "quantize", self.quantize,
-                "the native engine serves unquantized weights: remove option.quantize, or use "
-                "engine=MPI with option.rolling_batch=trtllm (awq, smoothquant, fp8)")
+        self.check_quantize(NATIVE_QUANTIZE, "the native engine")

@@ -19,7 +19,7 @@ from .model_config import ModelConfig
 from .models import model_class
 from .parallel import TensorParallel
 from .scheduler import ScheduledSeq
-from .weights import load_weights
+from .quant.plan import load_with_plan
 
 log = logging.getLogger(__name__)
 
@@ -147,15 +147,17 @@ def resolve_dtype(option: str, checkpoint_dtype: str | None, device: torch.devic
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, weights, max_model_len: int,
                  dtype: torch.dtype, device: torch.device, tp: TensorParallel, block_size: int,
-                 model: torch.nn.Module | None = None, lora=None):
+                 model: torch.nn.Module | None = None, lora=None, quant=None):
         """weights: a checkpoint directory or a CheckpointSource (engine/weights.py).
         model: one already built and loaded (the transformers path), instead of ours.
-        lora: LoRAOptions when adapters are served (lora/runtime.py wraps the layers)."""
+        lora: LoRAOptions when adapters are served (lora/runtime.py wraps the layers).
+        quant: quant/plan.py's QuantPlan (FP8 weights, the KV cache's type); None: neither."""
         self.config = model_config
         self.device = device
         self.dtype = dtype
         self.tp = tp
         self.block_size = block_size
+        self.kv_dtype = quant.kv_dtype(dtype) if quant is not None else dtype
         if model is None:
             torch.set_default_dtype(dtype)
             try:
@@ -163,7 +165,7 @@ class ModelRunner:
                     model = model_class(model_config)(model_config, max_model_len, tp)
             finally:
                 torch.set_default_dtype(torch.float32)
-            load_weights(model, weights)
+            load_with_plan(model, weights, quant, tp, dtype)
         self.model = model.eval()
         self.lora = None
         if lora is not None:
@@ -188,7 +190,7 @@ class ModelRunner:
         return self.model.attention_layers[0].num_kv_heads
 
     def kv_bytes_per_block(self) -> int:
-        element = torch.tensor([], dtype=self.dtype).element_size()
+        element = torch.tensor([], dtype=self.kv_dtype).element_size()   # FP8 cache: 1
         return (2 * len(self.model.attention_layers) * self.block_size * self.local_kv_heads
                 * self.config.head_dim * element)
 
@@ -196,7 +198,7 @@ class ModelRunner:
         """num_blocks usable blocks plus one scratch block that padded graph rows write to."""
         self.scratch_slot = num_blocks * self.block_size
         shape = (2, num_blocks + 1, self.block_size, self.local_kv_heads, self.config.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_caches = [torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
                           for _ in self.model.attention_layers]   # this stage's
 
     def capture_graphs(self, max_batch: int, max_model_len: int) -> None:

@@ -24,6 +24,7 @@ from .model_config import ModelConfig, NotNativeArchitecture
 from .model_runner import ModelRunner, resolve_dtype
 from .parallel import TensorParallel
 from .plan_channel import PlanChannel
+from .quant.plan import plan_quantization
 from .scheduler import Scheduler
 from .serving_loop import ServingLoop
 
@@ -121,6 +122,9 @@ class NativeService:
         if prebuilt is not None:
             max_len = min(max_len, model_config.max_position_embeddings)
         dtype = resolve_dtype(self.options.dtype, model_config.torch_dtype, device)
+        self.quant = plan_quantization(self.options.quantize, self.options.kv_cache_dtype,
+                                       self.model_dir, model_config.module,
+                                       model_config.architecture)
         started = time.monotonic()
         try:
             if prebuilt is not None:
@@ -135,7 +139,8 @@ class NativeService:
             self.runner = ModelRunner(model_config, weights,
                                       max_len, dtype, device, tp, int(self.options.kv_block_size),
                                       model=prebuilt,
-                                      lora=self.options if self.options.enable_lora else None)
+                                      lora=self.options if self.options.enable_lora else None,
+                                      quant=self.quant)
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
         blocks = kv_block_count(self.options, self.runner, device, max_len)
@@ -156,10 +161,13 @@ class NativeService:
             # pipeline stages run eagerly (no graphs for them yet)
             self.runner.capture_graphs(min(self.options.max_rolling_batch_size, 512),
                                        self.max_model_len)
+        self.quantization = self.quant.describe(dtype)
         log.info("model loaded in %.1f s on %s (%s, tp=%d): %d KV blocks of %d tokens "
-                 "(%.2f GiB), max_model_len %d", time.monotonic() - started, device, dtype,
-                 tp.size, blocks, block_size,
-                 blocks * self.runner.kv_bytes_per_block() / (1 << 30), self.max_model_len)
+                 "(%.2f GiB, %s), max_model_len %d; quantization: %s", time.monotonic() - started,
+                 device, dtype, tp.size, blocks, block_size,
+                 blocks * self.runner.kv_bytes_per_block() / (1 << 30),
+                 self.quantization["kv_cache_dtype"], self.max_model_len,
+                 self.quantization["weights"])
         self.block_manager = BlockManager(blocks, block_size, self.options.enable_prefix_caching)
         scheduler = Scheduler(self.block_manager, self.options.max_rolling_batch_size,
                               self.options.max_rolling_batch_prefill_tokens)
@@ -275,6 +283,7 @@ class NativeService:
             "model_path_reason": self.path_reason,
             "attention": self.model_config.attention_kinds,
             "lora": self.runner.lora is not None,
+            "quantization": self.quantization,
         }
 
     # rank 0 ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
 from safetensors import safe_open
@@ -67,7 +67,10 @@ def load_whole(param: torch.Tensor, tensor_slice, shard_id=None) -> None:
     param.data.copy_(value)
 
 
-def load_weights(model: torch.nn.Module, source: str | Path | CheckpointSource) -> None:
+def load_weights(model: torch.nn.Module, source: str | Path | CheckpointSource,
+                 skip: Callable[[str], bool] | None = None) -> None:
+    """skip: checkpoint tensors to pass over without a word (an FP8 checkpoint's activation
+    scales, which our model has no place for)."""
     if isinstance(source, (str, Path)):
         source = LocalCheckpoint(source)
     params = dict(model.named_parameters())
@@ -75,6 +78,8 @@ def load_weights(model: torch.nn.Module, source: str | Path | CheckpointSource) 
     for opened in source.open_files():
         with opened as handle:
             for name in handle.keys():
+                if skip is not None and skip(name):
+                    continue
                 mapped = model.map_checkpoint_name(name)
                 if mapped is None:
                     continue

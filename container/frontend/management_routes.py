@@ -46,6 +46,8 @@ def describe(model: ServedModel) -> dict:
         "modelPath": status.model.get("model_path"),
         "modelPathReason": status.model.get("model_path_reason"),
         "attention": status.model.get("attention"),
+        # native engine: FP8 weights and the KV cache's element type
+        "quantization": status.model.get("quantization"),
         "workers": [{"id": status.generation, "pid": status.model.get("pid"),
                      "ranks": status.model.get("ranks"),
                      "rankPids": status.model.get("rank_pids"), "status": status.state}],

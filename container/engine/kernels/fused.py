@@ -1,7 +1,8 @@
 """Fused elementwise kernels for the GPU path (Triton): one launch where PyTorch needs several.
 
 - rms_norm: (x + residual) then RMSNorm; returns the normalised rows and the new residual.
-- rope_and_cache: rotate q in place, rotate k, and write k and v into their KV-cache slots.
+- rope_and_cache: rotate q in place, rotate k, and write k and v into their KV-cache slots
+  (an FP8 cache too).
 - silu_and_mul: silu(gate) * up for the MLP.
 
 At batch 1 a decode step is hundreds of tiny kernels; launches, not bandwidth, would dominate
@@ -64,12 +65,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 
 
 @triton.jit
+def _cache_value(x, FP8_CACHE: tl.constexpr):
+    """A value as the KV cache stores it: an FP8 cache (scale 1.0) gets it clamped to e4m3's
+    range and rounded to nearest-even; a cache of the model's type as it is."""
+    y = x
+    if FP8_CACHE:       # resolved at compile time: one branch is built
+        y = tl.clamp(x.to(tl.float32), -448.0, 448.0).to(tl.float8e4nv)
+    return y
+
+
+@triton.jit
 def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_cache_ptr,
                        v_cache_ptr, slots_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
                        stride_vt, stride_vh, stride_cos, stride_cb, stride_cs, stride_ch,
                        Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
                        HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
-                       PDL: tl.constexpr):
+                       PDL: tl.constexpr, FP8_CACHE: tl.constexpr = False):
     pdl_prologue(PDL)
     token = tl.program_id(0)
     position = tl.load(positions_ptr + token)
@@ -97,10 +108,10 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
     slot = tl.load(slots_ptr + token)
     cache = (slot // PAGE) * stride_cb + (slot % PAGE) * stride_cs + heads[:, None] * stride_ch \
         + i[None, :]
-    tl.store(k_cache_ptr + cache, k1 * c - k2 * s, mask=k_ok)
-    tl.store(k_cache_ptr + cache + HALF, k2 * c + k1 * s, mask=k_ok)
-    tl.store(v_cache_ptr + cache, v1, mask=k_ok)
-    tl.store(v_cache_ptr + cache + HALF, v2, mask=k_ok)
+    tl.store(k_cache_ptr + cache, _cache_value(k1 * c - k2 * s, FP8_CACHE), mask=k_ok)
+    tl.store(k_cache_ptr + cache + HALF, _cache_value(k2 * c + k1 * s, FP8_CACHE), mask=k_ok)
+    tl.store(v_cache_ptr + cache, _cache_value(v1, FP8_CACHE), mask=k_ok)
+    tl.store(v_cache_ptr + cache + HALF, _cache_value(v2, FP8_CACHE), mask=k_ok)
 
 
 def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -117,7 +128,7 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HALF=dim // 2,
         HEADS_PAD=triton.next_power_of_2(max(q_heads, kv_heads)),
         HALF_PAD=triton.next_power_of_2(dim // 2), PAGE=k_cache.shape[1], num_warps=4,
-        **pdl_launch(q.device, tokens))
+        FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn, **pdl_launch(q.device, tokens))
 
 
 @triton.jit

@@ -46,7 +46,39 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
     tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def _gemv_fp8_kernel(x_ptr, w_ptr, scale_ptr, out_ptr, N, K, stride_w,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """_gemv_kernel over an FP8 weight (one byte a weight: half the bytes to stream), each
+    row's float32 scale applied once to its dot product."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    col_ok = cols < K
+    w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
+                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    scale = tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
+    pdl_prologue(PDL)
+    x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+    for start in range(BLOCK_K, K, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
+                    mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    tl.store(out_ptr + rows, (tl.sum(acc, 1) * scale).to(out_ptr.dtype.element_ty),
+             mask=row_ok)
+
+
+# FP8 rows are half as wide in bytes: the same tile bytes hold twice the columns.
+FP8_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+               for n, k, w, s in ((4, 2048, 4, 4), (8, 1024, 4, 4), (8, 2048, 8, 3),
+                                  (16, 1024, 8, 3), (16, 512, 4, 4), (32, 512, 8, 3))]
+
 _gemv_tuned = triton.autotune(configs=CONFIGS, key=["N", "K"])(_gemv_kernel)
+_gemv_fp8_tuned = triton.autotune(configs=FP8_CONFIGS, key=["N", "K"])(_gemv_fp8_kernel)
 FIXED = {"BLOCK_N": 8, "BLOCK_K": 512}          # Triton's interpreter (CPU tests): no timing
 
 
@@ -65,3 +97,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _launch(_gemv_kernel, _gemv_tuned, (x, weight, out, n, k, weight.stride(0)), n, x.device)
     return out
 
+
+
+def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [1, K] (contiguous) @ (weight [N, K] fp8 * scale [N])^T -> [1, N] in x's type."""
+    n, k = weight.shape
+    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    _launch(_gemv_fp8_kernel, _gemv_fp8_tuned,
+            (x, weight, scale, out, n, k, weight.stride(0)), n, x.device)
+    return out

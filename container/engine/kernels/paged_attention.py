@@ -1,6 +1,7 @@
 """Triton kernels for attention over the paged KV cache (GPU path).
 
-KV cache layout (per layer): [2, num_blocks, block_size, kv_heads, head_dim]. Both kernels
+KV cache layout (per layer): [2, num_blocks, block_size, kv_heads, head_dim], in the model's
+type or FP8 (e4m3, scale 1.0: read and widened to the query's type). Both kernels
 process a whole GQA group per program (the query heads that share one KV head), so K and V
 are read once per group.
 
@@ -32,8 +33,9 @@ def _attend_keys(q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_p
     (masked, or after it) weigh nothing."""
     page = tl.load(block_tables_ptr + seq * stride_bt + keys // PAGE, mask=key_ok, other=0)
     offset = page * stride_kb + (keys % PAGE) * stride_ks + kv_head * stride_kh
+    # an FP8 cache (scale 1.0) is widened to the query's type; otherwise a no-op
     k = tl.load(k_cache_ptr + offset[:, None] + dims[None, :],
-                mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+                mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(q.dtype)
     scores = tl.dot(q, tl.trans(k)) * scale
     if softcap > 0:      # Gemma 2: cap * tanh(score / cap), tanh written with a sigmoid
         scores = softcap * (2.0 * tl.sigmoid(2.0 * scores / softcap) - 1.0)
@@ -44,7 +46,7 @@ def _attend_keys(q, keys, key_ok, visible, m_i, l_i, acc, k_cache_ptr, v_cache_p
     alpha = tl.exp(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_cache_ptr + offset[:, None] + dims[None, :],
-                mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+                mask=key_ok[:, None] & dim_ok[None, :], other=0.0).to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l_i, acc
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..quant.kv_cache import from_cache, storage, to_cache
+
 
 @dataclass
 class AttentionMetadata:
@@ -36,10 +38,11 @@ class AttentionMetadata:
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """kv_cache: [2, num_blocks, block_size, kv_heads, head_dim]."""
+    """kv_cache: [2, num_blocks, block_size, kv_heads, head_dim], of the model's type or FP8."""
     heads, dim = kv_cache.shape[-2:]
-    kv_cache[0].view(-1, heads, dim).index_copy_(0, slot_mapping, k)
-    kv_cache[1].view(-1, heads, dim).index_copy_(0, slot_mapping, v)
+    cache = storage(kv_cache)
+    cache[0].view(-1, heads, dim).index_copy_(0, slot_mapping, to_cache(k, kv_cache.dtype))
+    cache[1].view(-1, heads, dim).index_copy_(0, slot_mapping, to_cache(v, kv_cache.dtype))
 
 
 class TorchPagedAttention:
@@ -60,13 +63,14 @@ class TorchPagedAttention:
         if meta.decode_only and len(meta.seq_lens_host) > 1:
             return self._decode_batch(q, kv_cache, meta)
         block_size = kv_cache.shape[2]
+        cache = storage(kv_cache)
         out = torch.empty_like(q)
         starts = meta.query_start_host
         for i, seq_len in enumerate(meta.seq_lens_host):
             q_start, q_end = starts[i], starts[i + 1]
             blocks = meta.block_tables[i, :(seq_len + block_size - 1) // block_size]
-            keys = kv_cache[0, blocks].flatten(0, 1)[:seq_len]      # [S, Hk, D]
-            values = kv_cache[1, blocks].flatten(0, 1)[:seq_len]
+            keys = from_cache(cache[0, blocks].flatten(0, 1)[:seq_len], q.dtype)   # [S, Hk, D]
+            values = from_cache(cache[1, blocks].flatten(0, 1)[:seq_len], q.dtype)
             out[q_start:q_end] = self._attend(q[q_start:q_end], keys, values, seq_len)
         return out
 
@@ -77,8 +81,9 @@ class TorchPagedAttention:
         blocks = -(-meta.max_seq_len // block_size)
         tables = meta.block_tables[:, :blocks]
         batch, heads, dim = q.shape
-        keys = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)      # [B, Hk, L, D]
-        values = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
+        cache = storage(kv_cache)
+        keys = from_cache(cache[0][tables], q.dtype).flatten(1, 2).transpose(1, 2)  # [B, Hk, L, D]
+        values = from_cache(cache[1][tables], q.dtype).flatten(1, 2).transpose(1, 2)
         length = keys.shape[2]
         keys_at = torch.arange(length, device=q.device)[None, :]
         visible = keys_at < meta.seq_lens[:, None]

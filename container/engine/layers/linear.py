@@ -55,7 +55,15 @@ class _RowsFrom:
         return self.tensor_slice[self.offset + rows.start:self.offset + rows.stop]
 
 
-class ReplicatedLinear(nn.Module):
+class LinearBase(nn.Module):
+    """What every linear layer here shares: its product. A quantized variant (quant/layer.py)
+    replaces `matmul` and keeps everything else (shards, loaders, reductions)."""
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return linear(x, self.weight, bias)
+
+
+class ReplicatedLinear(LinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
@@ -67,10 +75,10 @@ class ReplicatedLinear(nn.Module):
         _copy(param, tensor_slice[:], "replicated linear")
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class ColumnParallelLinear(nn.Module):
+class ColumnParallelLinear(LinearBase):
     """Output features split into contiguous pieces, one per rank."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
@@ -88,10 +96,10 @@ class ColumnParallelLinear(nn.Module):
         _copy(param, _rows(tensor_slice, self.start, self.local_out), "column-parallel linear")
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class MergedColumnParallelLinear(nn.Module):
+class MergedColumnParallelLinear(LinearBase):
     """Several column-parallel matrices stored as one (gate and up projections)."""
 
     def __init__(self, in_features: int, out_features: list[int], bias: bool = False,
@@ -120,10 +128,10 @@ class MergedColumnParallelLinear(nn.Module):
         return [sum(self.out_features[:i]) for i in range(len(self.out_features))]
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class QKVParallelLinear(nn.Module):
+class QKVParallelLinear(LinearBase):
     """q, k and v projections in one matrix; each rank keeps whole KV-head groups.
 
     With at least as many KV heads as ranks, KV heads are split (unevenly if need be) and each
@@ -175,10 +183,10 @@ class QKVParallelLinear(nn.Module):
         _copy(target, _rows(tensor_slice, start, count), f"qkv piece {shard_id}")
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(LinearBase):
     """Input features split; each rank's partial product is summed with one all-reduce.
 
     `input_pieces` gives the (start, count) of this rank's input features when they do not
@@ -210,7 +218,7 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x, reduce: bool = True):
         """reduce=False (only where can_defer_reduce): this rank's partial sum."""
-        out = linear(x, self.weight)
+        out = self.matmul(x)
         if not reduce and self.can_defer_reduce:
             return out
         out = self.tp.all_reduce(out)
