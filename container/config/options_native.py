@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from . import values
 from .engine_options import EngineOptions, OptionError, existing, option
 from .options_lora import LoRAOptions
+from .options_speculative import SpeculativeOptions
 
 
 @dataclass
-class NativeOptions(LoRAOptions, EngineOptions):
+class NativeOptions(SpeculativeOptions, LoRAOptions, EngineOptions):
     dtype: str = existing("dtype")
     max_rolling_batch_size: int = option(
         "max_rolling_batch_size", "256", "Most sequences in one rolling batch step.",
@@ -61,6 +62,7 @@ class NativeOptions(LoRAOptions, EngineOptions):
 
     def check(self) -> None:
         self.check_lora()
+        self.check_speculative()
         if self.enable_lora and self.pipeline_parallel_degree > 1:
             raise OptionError(
                 "pipeline_parallel_degree", str(self.pipeline_parallel_degree),
