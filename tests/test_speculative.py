@@ -8,6 +8,7 @@ import concurrent.futures as futures
 import json
 import math
 import random
+import shutil
 
 import pytest
 import requests
@@ -242,17 +243,14 @@ def hf_tokenizer(target):
     return AutoTokenizer.from_pretrained(target)
 
 
-def _sixteen_staggered(server, target, hf_tokenizer):
+def _sixteen_at_once(server, target, hf_tokenizer):
     rng = random.Random(5)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30))) for _ in range(16)]
     token_prompts = [hf_tokenizer(p)["input_ids"] for p in prompts]
     expected = reference_greedy(target, token_prompts, 12)
     results = {}
 
-    def send(index):
-        import time
-
-        time.sleep(index * 0.01)
+    def send(index):               # a burst: it always overfills the small cache
         reply = requests.post(server.url("/invocations"), timeout=120, json={
             "inputs": prompts[index], "parameters": {"max_new_tokens": 12, "details": True,
                                                      "ignore_eos": True}})
@@ -280,7 +278,7 @@ def _metric(server, name: str) -> float:
 def test_serve_ngram_greedy_matches_transformers(target, hf_tokenizer):
     server = _serve(target, NGRAM)
     try:
-        stats = _sixteen_staggered(server, target, hf_tokenizer)
+        stats = _sixteen_at_once(server, target, hf_tokenizer)
         assert stats["spec_draft_tokens"] > 0 and stats["spec_accepted_tokens"] > 0
         assert _metric(server, "serve_spec_draft_tokens_total") == stats["spec_draft_tokens"]
         assert 0 < _metric(server, "serve_spec_acceptance_rate") <= 1
@@ -291,7 +289,7 @@ def test_serve_ngram_greedy_matches_transformers(target, hf_tokenizer):
 def test_serve_self_draft_accepts_everything(target, hf_tokenizer):
     server = _serve(target, draft_spec(target, k=3))
     try:
-        stats = _sixteen_staggered(server, target, hf_tokenizer)
+        stats = _sixteen_at_once(server, target, hf_tokenizer)
         assert stats["spec_acceptance_rate"] == 1.0
         assert _metric(server, "serve_spec_acceptance_rate") == 1.0
         assert _metric(server, "serve_spec_tokens_per_step") > 2.0
@@ -303,7 +301,7 @@ def test_serve_self_draft_accepts_everything(target, hf_tokenizer):
 def test_serve_truncated_draft_greedy_matches_transformers(target, draft, hf_tokenizer):
     server = _serve(target, draft_spec(draft, k=2))
     try:
-        stats = _sixteen_staggered(server, target, hf_tokenizer)
+        stats = _sixteen_at_once(server, target, hf_tokenizer)
         assert 0 < stats["spec_acceptance_rate"] < 1
     finally:
         server.stop()
@@ -328,3 +326,19 @@ def test_serve_refuses_bad_speculative_configs_in_one_line(target, tmp_path):
     line = _refused(target, draft_spec(other_vocab))
     assert "vocabulary of 640" in line and "tokenizer" in line
     (target / "serving.properties").unlink()
+
+
+def test_serve_tp2_draft_model_greedy_matches_transformers(target, draft, hf_tokenizer, tmp_path):
+    """Ranks 1..N-1 get the verification plan like any other (drafts are its token rows); the
+    draft runs on rank 0 alone."""
+    model_dir = tmp_path / "tp2"
+    shutil.copytree(target, model_dir, ignore=shutil.ignore_patterns("serving.properties"))
+    (model_dir / "serving.properties").write_text(
+        SMALL_CACHE + "option.tensor_parallel_degree=2\n"
+        f"option.speculative_config={draft_spec(draft, k=3)}\n")
+    server = ServeProcess(model_dir).start(timeout=180)
+    try:
+        stats = _sixteen_at_once(server, target, hf_tokenizer)
+        assert stats["spec_accepted_tokens"] > 0
+    finally:
+        server.stop()

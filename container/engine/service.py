@@ -273,13 +273,18 @@ class NativeService:
         """Compile the prefill kernels now, not on the first request's time."""
         from ..workers.protocol import SamplingParams
 
-        length = min(64, self.max_model_len - 4)
+        spec = self.options.speculative_config
+        extra = spec.num_speculative_tokens if spec else 0    # reach a verification step
+        length = min(64, self.max_model_len - 4 - extra)
         prompt = [1 + i % (self.model_config.vocab_size - 1) for i in range(length)]
-        self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2))
+        self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2 + extra))
         while self.engine.has_work():
             self.engine.step()
         self.engine.counters = {k: 0 for k in self.engine.counters}
         self.engine.seconds.clear()
+        speculator = getattr(self.engine, "speculator", None)
+        if speculator is not None:
+            speculator.counters = {k: 0 for k in speculator.counters}
 
     def model_info(self) -> dict:
         return {

@@ -28,7 +28,8 @@ def draft_model_dir(spec: SpeculativeConfig, config) -> Path:
     try:
         return resolve_model_dir(dataclasses.replace(config, options=options))
     except StartupError as exc:
-        raise StartupError(f"option.speculative_config draft model: {exc}") from None
+        why = str(exc).replace("option.model_id=", "")
+        raise StartupError(f"option.speculative_config draft model: {why}") from None
 
 
 def load_draft_runner(spec: SpeculativeConfig, config, target: ModelConfig, max_len: int,
