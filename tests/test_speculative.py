@@ -8,6 +8,7 @@ import concurrent.futures as futures
 import json
 import math
 import random
+import re
 import shutil
 
 import pytest
@@ -275,11 +276,38 @@ def _metric(server, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics:\n{text}")
 
 
+def _stream_and_structured(server):
+    """Several tokens per step stream as they do one by one; a constrained request sharing
+    verification steps keeps its grammar."""
+    prompt = "the model the model serves the model"
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": 30, "ignore_eos": True,
+                                             "details": True}}
+    whole = requests.post(server.url("/invocations"), json=body, timeout=60).json()
+    lines = [json.loads(line) for line in requests.post(
+        server.url("/invocations"), json={**body, "stream": True}, timeout=60).iter_lines()
+        if line]
+    assert [line["token"]["id"] for line in lines] == [t["id"] for t in whole["details"]["tokens"]]
+    assert "".join(line["token"]["text"] for line in lines) == whole["generated_text"]
+
+    def constrained(_):
+        return requests.post(server.url("/invocations"), timeout=60, json={
+            "inputs": "the", "parameters": {"max_new_tokens": 10, "guided_regex": "[0-9]{4}"}})
+
+    with futures.ThreadPoolExecutor(4) as pool:
+        free = [pool.submit(requests.post, server.url("/invocations"), json=body, timeout=60)
+                for _ in range(3)]
+        texts = [r.json()["generated_text"] for r in pool.map(constrained, range(2))]
+        assert all(f.result().status_code == 200 for f in free)
+    assert all(re.fullmatch("[0-9]{4}", text) for text in texts), texts
+
+
 def test_serve_ngram_greedy_matches_transformers(target, hf_tokenizer):
     server = _serve(target, NGRAM)
     try:
-        stats = _sixteen_at_once(server, target, hf_tokenizer)
-        assert stats["spec_draft_tokens"] > 0 and stats["spec_accepted_tokens"] > 0
+        assert _sixteen_at_once(server, target, hf_tokenizer)["spec_draft_tokens"] > 0
+        _stream_and_structured(server)           # 30 tokens of a repetitive prompt
+        stats = engine_stats(server)
+        assert stats["spec_accepted_tokens"] > 0
         assert _metric(server, "serve_spec_draft_tokens_total") == stats["spec_draft_tokens"]
         assert 0 < _metric(server, "serve_spec_acceptance_rate") <= 1
     finally:

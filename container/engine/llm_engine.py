@@ -281,6 +281,10 @@ class LLMEngine:
                     self.eos_token_ids if seq.sampling.min_tokens else ()))
             candidates.extend(proposal + [-1])
         batch = SamplingBatch.build(rows, logits.device)
+        if any(seq.matcher is not None for seq in sampling):
+            # constrained requests never get drafts: their one row takes the grammar's mask
+            batch.token_bitmask = self._structured.bitmask(
+                [seq.matcher for seq, count in zip(sampling, drafts) for _ in range(count + 1)])
         verified = verify(logits, batch, drafts, candidates, q_rows,
                           torch.cat(q_parts) if q_parts else None)
         result.tokens = self.runner.tp.broadcast_tokens(verified.row_tokens.contiguous())
@@ -303,6 +307,12 @@ class LLMEngine:
                 seq.token_ids.append(token)
                 kept.append(token)
                 reason = self._stop_reason(seq, token, len(seq.token_ids) - 1)
+                if seq.matcher is not None and not reason:       # (one token: no drafts)
+                    if not seq.matcher.accept_token(token):
+                        log.warning("request %s: token %d is outside its grammar",
+                                    seq.request_id, token)
+                    if seq.matcher.is_terminated():
+                        reason = "eos_token"
                 if reason:
                     break
             self.counters["generated_tokens"] += len(kept) - 1

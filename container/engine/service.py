@@ -79,7 +79,9 @@ def _activation_reserve(options: NativeOptions, runner: ModelRunner) -> int:
     tokens = options.max_rolling_batch_prefill_tokens
     element = torch.tensor([], dtype=runner.dtype).element_size()
     per_token = (config.hidden_size * 6 + config.intermediate_size * 3) * element
-    logits = min(tokens, options.max_rolling_batch_size) * config.vocab_size * 4 * 3
+    spec = options.speculative_config       # verification: 1 + k logit rows per sequence
+    rows = options.max_rolling_batch_size * (1 + (spec.num_speculative_tokens if spec else 0))
+    logits = min(tokens, rows) * config.vocab_size * 4 * 3
     return int(tokens * per_token * 2 + logits + (512 << 20))
 
 
