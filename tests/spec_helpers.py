@@ -35,27 +35,36 @@ def truncated_draft(target: Path, directory: Path, layers: int = 1) -> Path:
     return directory
 
 
-def _runner(model_dir: Path, num_blocks: int, block_size: int) -> ModelRunner:
+def _runner(model_dir: Path, num_blocks: int, block_size: int, device: str,
+            max_len: int, graphs_for: int) -> ModelRunner:
     config = ModelConfig.from_dir(model_dir)
-    runner = ModelRunner(config, str(model_dir), 512, torch.float32, torch.device("cpu"),
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    runner = ModelRunner(config, str(model_dir), max_len, dtype, torch.device(device),
                          TensorParallel(), block_size)
     runner.allocate_kv_cache(num_blocks)
+    if graphs_for:
+        runner.capture_graphs(graphs_for, max_len)
     return runner
 
 
 def make_engine(model_dir: Path, spec: str | None = None, draft: Path | None = None,
                 num_blocks: int = 40, block_size: int = 4, max_seqs: int = 8,
-                budget: int = 24) -> LLMEngine:
-    """A CPU engine; spec: option.speculative_config's JSON (draft: the draft's folder)."""
+                budget: int = 24, device: str = "cpu", max_len: int = 512,
+                graphs: bool = False) -> LLMEngine:
+    """An engine (CPU fp32, or GPU bf16 with CUDA graphs for target and draft when `graphs`);
+    spec: option.speculative_config's JSON (draft: the draft's folder)."""
+    graphs_for = max_seqs if graphs else 0
     speculator = None
     if spec:
         config = parse_speculative_config(spec)
-        proposer = DraftModel(_runner(draft, num_blocks, block_size), num_blocks, budget) \
+        proposer = DraftModel(_runner(draft, num_blocks, block_size, device, max_len,
+                                      graphs_for), num_blocks, budget) \
             if config.method == "draft_model" else None
         speculator = Speculator(config, proposer)
     scheduler = Scheduler(BlockManager(num_blocks, block_size, True), max_seqs, budget)
-    return LLMEngine(_runner(model_dir, num_blocks, block_size), scheduler,
-                     ModelConfig.from_dir(model_dir).eos_token_ids, 512, speculator=speculator)
+    return LLMEngine(_runner(model_dir, num_blocks, block_size, device, max_len, graphs_for),
+                     scheduler, ModelConfig.from_dir(model_dir).eos_token_ids, max_len,
+                     speculator=speculator)
 
 
 def run_all(engine: LLMEngine, requests: list[tuple[list[int], object]],
