@@ -370,3 +370,14 @@ def test_serve_tp2_draft_model_greedy_matches_transformers(target, draft, hf_tok
         assert stats["spec_accepted_tokens"] > 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("engine", ["engine=DeepSpeed\n", "option.rolling_batch=trtllm\n"])
+def test_other_engines_refuse_speculative_config(tmp_path, engine):
+    from container.config.loader import load_config
+    from container.errors import StartupError
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "serving.properties").write_text(engine + f"option.speculative_config={NGRAM}\n")
+    with pytest.raises(StartupError, match="implemented by the native engine"):
+        load_config(tmp_path, env={})
