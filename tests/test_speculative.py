@@ -24,7 +24,7 @@ from container.config.options_speculative import parse_speculative_config
 from container.engine.model_config import ModelConfig
 from container.engine.sampler import SamplingBatch, sampling_row
 from container.engine.speculative import rejection
-from container.engine.speculative.ngram import propose_ngram
+from container.engine.speculative.ngram import TokenHistory, propose_ngram
 from container.workers.protocol import SamplingParams
 
 NGRAM = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}'
@@ -52,6 +52,27 @@ def test_ngram_lookup_copies_what_followed_the_latest_match():
     assert propose_ngram([5, 6, 7, 5], 3, 4, 1) == [6, 7, 5]  # falls back to n = 1
     assert propose_ngram([5, 6, 7, 5], 3, 4, 2) == []         # no 2-gram repeats
     assert propose_ngram([4], 3, 2, 1) == []
+
+
+def test_ngram_lookup_against_a_plain_search():
+    def plain(tokens, k, longest, shortest):
+        for n in range(min(longest, len(tokens) - 1), shortest - 1, -1):
+            for i in range(len(tokens) - n - 1, -1, -1):
+                if tokens[i:i + n] == tokens[-n:]:
+                    return tokens[i + n:i + n + k]
+        return []
+
+    rng = random.Random(0)
+    history = TokenHistory()
+    grown: list[int] = []
+    for _ in range(2000):
+        tokens = [rng.randrange(4) for _ in range(rng.randint(1, 40))]
+        k, longest = rng.randint(1, 5), rng.randint(1, 5)
+        shortest = rng.randint(1, longest)
+        assert propose_ngram(tokens, k, longest, shortest) == plain(tokens, k, longest, shortest)
+        grown += tokens[:3]                      # the incremental array sees the same tokens
+        assert propose_ngram(history.update(grown), k, longest, shortest) == \
+            plain(grown[-4096:], k, longest, shortest)
 
 
 @pytest.mark.parametrize("text, message", [

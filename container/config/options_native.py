@@ -41,7 +41,8 @@ class NativeOptions(SpeculativeOptions, LoRAOptions, EngineOptions):
     overlap_scheduling: bool = option(
         "overlap_scheduling", "true",
         "Prepare and launch the next step while the GPU runs the current one (off: strictly "
-        "one step at a time). Not used with tensor parallelism or repetition penalties.",
+        "one step at a time). Not used with tensor parallelism, repetition penalties or "
+        "speculative decoding.",
         values.boolean)
     enforce_eager: bool = option(
         "enforce_eager", "false", "GPU: run decode steps without CUDA graphs.", values.boolean)

@@ -17,7 +17,7 @@ import torch
 
 from ...config.options_speculative import SpeculativeConfig
 from ..sequence import Sequence, Status
-from .ngram import propose_ngram
+from .ngram import TokenHistory, propose_ngram
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class Speculator:
         self.draft = draft
         self.q: dict[int, torch.Tensor | None] = {}    # id(seq) -> its drafts' q rows
         self.declined: set[str] = set()
+        self.histories: dict[str, TokenHistory] = {}   # ngram: each request's tokens
         self.counters = {"spec_verify_steps": 0, "spec_draft_tokens": 0,
                          "spec_accepted_tokens": 0, "spec_emitted_tokens": 0}
 
@@ -63,12 +64,14 @@ class Speculator:
         spec = self.config
         for seq, n in zip(running, limits):
             if n > 0:
-                seq.draft_tokens = propose_ngram(seq.token_ids, n, spec.prompt_lookup_max,
-                                                 spec.prompt_lookup_min)
+                history = self.histories.setdefault(seq.request_id, TokenHistory())
+                seq.draft_tokens = propose_ngram(history.update(seq.token_ids), n,
+                                                 spec.prompt_lookup_max, spec.prompt_lookup_min)
 
     def forget(self, request_id: str) -> None:
         """The request finished or was aborted: drop what is kept for it."""
         self.declined.discard(request_id)
+        self.histories.pop(request_id, None)
         if self.draft is not None:
             self.draft.release(request_id)
 
