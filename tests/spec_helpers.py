@@ -73,7 +73,10 @@ def run_all(engine: LLMEngine, requests: list[tuple[list[int], object]],
     and top log-probs."""
     results = [{"tokens": [], "logprobs": [], "top": []} for _ in requests]
     pending = list(enumerate(requests))
+    steps = 0
     while pending or engine.has_work():
+        steps += 1
+        assert steps < 20 * len(requests) + 1000, "the engine stopped making progress"
         for _ in range(arrivals_per_step):
             if pending:
                 i, (prompt, sampling) = pending.pop(0)

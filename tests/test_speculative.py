@@ -152,13 +152,17 @@ def test_point_mass_drafts_accept_with_the_target_probability():
 def test_greedy_equals_no_speculation_under_preemption_and_chunking(target, draft):
     prompts = random_prompts(ModelConfig.from_dir(target).vocab_size)
     expected = reference_greedy(target, prompts, 12)
-    greedy = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    greedy = SamplingParams(max_new_tokens=12, ignore_eos=True, logprobs=True, top_logprobs=2)
+    plain = run_all(make_engine(target, num_blocks=30), [(p, greedy) for p in prompts], 4)
     for spec, draft_dir in ((NGRAM, None), (draft_spec(draft), draft),
                             (draft_spec(target), target)):
         engine = make_engine(target, spec, draft_dir, num_blocks=30)
-        got = [r["tokens"] for r in run_all(engine, [(p, greedy) for p in prompts],
-                                            arrivals_per_step=4)]
-        assert got == expected, spec
+        results = run_all(engine, [(p, greedy) for p in prompts], arrivals_per_step=4)
+        assert [r["tokens"] for r in results] == expected, spec
+        for got, want in zip(results, plain):                # each emitted token's log-probs
+            assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-4)
+            assert [[t for t, _ in top] for top in got["top"]] == \
+                [[t for t, _ in top] for top in want["top"]]
         assert engine.scheduler.total_preemptions > 0, spec
         assert engine.counters["chunked_prefill_steps"] > 0
         stats = engine.stats()
