@@ -10,6 +10,7 @@ import math
 import random
 import re
 import shutil
+import time
 
 import pytest
 import requests
@@ -203,7 +204,8 @@ def test_ngram_gives_the_tokens_and_logprobs_of_no_speculation(target):
             continue           # (rows of a batch that wants log-probs carry them all)
         assert len(a["logprobs"]) == len(b["logprobs"]) == 14
         assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-4)
-        assert [[t for t, _ in top] for top in a["top"]] == [[t for t, _ in top] for top in b["top"]]
+        assert [[t for t, _ in top] for top in a["top"]] == \
+            [[t for t, _ in top] for top in b["top"]]
 
 
 def _exact_joint(target, prompt, top_k, length):
@@ -269,14 +271,15 @@ def hf_tokenizer(target):
     return AutoTokenizer.from_pretrained(target)
 
 
-def _sixteen_at_once(server, target, hf_tokenizer):
+def _sixteen_staggered_then_at_once(server, target, hf_tokenizer):
     rng = random.Random(5)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30))) for _ in range(16)]
     token_prompts = [hf_tokenizer(p)["input_ids"] for p in prompts]
     expected = reference_greedy(target, token_prompts, 12)
     results = {}
 
-    def send(index):               # a burst: it always overfills the small cache
+    def send(index, gap):
+        time.sleep(index * gap)
         reply = requests.post(server.url("/invocations"), timeout=120, json={
             "inputs": prompts[index], "parameters": {"max_new_tokens": 12, "details": True,
                                                      "ignore_eos": True}})
@@ -284,10 +287,13 @@ def _sixteen_at_once(server, target, hf_tokenizer):
         results[index] = [t["id"] for t in reply.json()["details"]["tokens"]]
 
     before = engine_stats(server)
-    with futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(send, range(16)))
+    # staggered over the running batch, then a burst (which always overfills the small cache)
+    for gap in (0.02, 0.0):
+        results.clear()
+        with futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(16), [gap] * 16))
+        assert [results[i] for i in range(16)] == expected, gap
     after = engine_stats(server)
-    assert [results[i] for i in range(16)] == expected
     assert after["preemptions"] > before["preemptions"], "the KV budget should force preemption"
     assert after["chunked_prefill_steps"] > before["chunked_prefill_steps"]
     return after
@@ -329,7 +335,8 @@ def _stream_and_structured(server):
 def test_serve_ngram_greedy_matches_transformers(target, hf_tokenizer):
     server = _serve(target, NGRAM)
     try:
-        assert _sixteen_at_once(server, target, hf_tokenizer)["spec_draft_tokens"] > 0
+        stats = _sixteen_staggered_then_at_once(server, target, hf_tokenizer)
+        assert stats["spec_draft_tokens"] > 0
         _stream_and_structured(server)           # 30 tokens of a repetitive prompt
         stats = engine_stats(server)
         assert stats["spec_accepted_tokens"] > 0
@@ -342,7 +349,7 @@ def test_serve_ngram_greedy_matches_transformers(target, hf_tokenizer):
 def test_serve_self_draft_accepts_everything(target, hf_tokenizer):
     server = _serve(target, draft_spec(target, k=3))
     try:
-        stats = _sixteen_at_once(server, target, hf_tokenizer)
+        stats = _sixteen_staggered_then_at_once(server, target, hf_tokenizer)
         assert stats["spec_acceptance_rate"] == 1.0
         assert _metric(server, "serve_spec_acceptance_rate") == 1.0
         assert _metric(server, "serve_spec_tokens_per_step") > 2.0
@@ -354,7 +361,7 @@ def test_serve_self_draft_accepts_everything(target, hf_tokenizer):
 def test_serve_truncated_draft_greedy_matches_transformers(target, draft, hf_tokenizer):
     server = _serve(target, draft_spec(draft, k=2))
     try:
-        stats = _sixteen_at_once(server, target, hf_tokenizer)
+        stats = _sixteen_staggered_then_at_once(server, target, hf_tokenizer)
         assert 0 < stats["spec_acceptance_rate"] < 1
     finally:
         server.stop()
@@ -391,7 +398,7 @@ def test_serve_tp2_draft_model_greedy_matches_transformers(target, draft, hf_tok
         f"option.speculative_config={draft_spec(draft, k=3)}\n")
     server = ServeProcess(model_dir).start(timeout=180)
     try:
-        stats = _sixteen_at_once(server, target, hf_tokenizer)
+        stats = _sixteen_staggered_then_at_once(server, target, hf_tokenizer)
         assert stats["spec_accepted_tokens"] > 0
     finally:
         server.stop()
