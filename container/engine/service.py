@@ -82,6 +82,9 @@ def _activation_reserve(options: NativeOptions, runner: ModelRunner) -> int:
     spec = options.speculative_config       # verification: 1 + k logit rows per sequence
     rows = options.max_rolling_batch_size * (1 + (spec.num_speculative_tokens if spec else 0))
     logits = min(tokens, rows) * config.vocab_size * 4 * 3
+    if spec is not None and spec.method == "draft_model":     # the drafts' q rows, float32
+        logits += options.max_rolling_batch_size * spec.num_speculative_tokens * \
+            config.vocab_size * 4 * 2
     return int(tokens * per_token * 2 + logits + (512 << 20))
 
 
