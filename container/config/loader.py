@@ -246,6 +246,11 @@ def load_config(model_dir: str | os.PathLike, env: Mapping[str, str] | None = No
             ENGINE_OPTION_CLASSES[kind].from_options(options)
         except OptionError as exc:
             raise _invalid("option." + exc.name, exc.value, exc.reason, sources) from None
+    if kind in ("deepspeed", "trtllm") and options.get("speculative_config", "").strip():
+        raise StartupError(f"option.speculative_config (from "
+                           f"{sources.get('option.speculative_config')}) is implemented by the "
+                           f"native engine, not the {kind} engine: remove it, or serve with the "
+                           "native engine (no engine=DeepSpeed / option.rolling_batch=trtllm)")
     return ServingConfig(
         model_dir=str(model_dir),
         model_name=_model_name(model_dir, values),

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from . import values
 from .engine_options import EngineOptions, OptionError, existing, option
 from .options_lora import LoRAOptions
+from .options_speculative import SpeculativeOptions
 
 
 NATIVE_QUANTIZE = ("fp8",)
 
 
 @dataclass
-class NativeOptions(LoRAOptions, EngineOptions):
+class NativeOptions(SpeculativeOptions, LoRAOptions, EngineOptions):
     dtype: str = existing("dtype")
     max_rolling_batch_size: int = option(
         "max_rolling_batch_size", "256", "Most sequences in one rolling batch step.",
@@ -43,7 +44,8 @@ class NativeOptions(LoRAOptions, EngineOptions):
     overlap_scheduling: bool = option(
         "overlap_scheduling", "true",
         "Prepare and launch the next step while the GPU runs the current one (off: strictly "
-        "one step at a time). Not used with tensor parallelism or repetition penalties.",
+        "one step at a time). Not used with tensor parallelism, repetition penalties or "
+        "speculative decoding.",
         values.boolean)
     enforce_eager: bool = option(
         "enforce_eager", "false", "GPU: run decode steps without CUDA graphs.", values.boolean)
@@ -69,6 +71,7 @@ class NativeOptions(LoRAOptions, EngineOptions):
 
     def check(self) -> None:
         self.check_lora()
+        self.check_speculative()
         if self.enable_lora and self.pipeline_parallel_degree > 1:
             raise OptionError(
                 "pipeline_parallel_degree", str(self.pipeline_parallel_degree),

@@ -118,6 +118,17 @@ class BlockManager:
             self.hash_to_block.setdefault(hashes[i], block)
         seq.num_published_blocks = full
 
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Release seq's trailing blocks beyond what num_tokens need (never published: they
+        hold no computed full block)."""
+        keep = max(self.blocks_for(num_tokens), seq.num_published_blocks)
+        while len(seq.block_ids) > keep:
+            block = seq.block_ids.pop()
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                self.free_blocks[block] = None
+                self.num_referenced -= 1
+
     def free(self, seq: Sequence) -> None:
         """Release seq's blocks, tail first (tails are the least likely to be shared)."""
         for block in reversed(seq.block_ids):

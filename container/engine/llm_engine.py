@@ -39,6 +39,8 @@ class Launched:
         self.prompt_targets: list[tuple[Sequence, int]] = []
         self._host = None
         self._event = None
+        # speculative steps: (sequence, tokens to append, its first logit row), known on host
+        self.verified: list[tuple[Sequence, list[int], int]] = []
 
     def copy_to_host(self) -> None:
         """Start the copies of the step's results; one event marks them all done."""
@@ -70,8 +72,11 @@ class Launched:
 
 class LLMEngine:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, eos_token_ids: list[int],
-                 max_model_len: int, plan_channel=None, overlap: bool = False):
+                 max_model_len: int, plan_channel=None, overlap: bool = False,
+                 speculator=None):
+        """speculator: speculative/__init__.py's Speculator, None without speculation."""
         self.runner = runner
+        self.speculator = speculator
         self.overlap = overlap
         self.in_flight: Launched | None = None
         scheduler.max_model_len = max_model_len
@@ -104,6 +109,8 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> bool:
         seq = self.scheduler.abort(request_id)
         self.sequences.pop(request_id, None)
+        if self.speculator is not None:
+            self.speculator.forget(request_id)
         if seq is not None:
             self.counters["requests_aborted"] += 1
         return seq is not None
@@ -123,6 +130,7 @@ class LLMEngine:
             "preemptions": self.scheduler.total_preemptions,
             **self.counters,
             **{f"seconds_{name}": value for name, value in self.seconds.items()},
+            **(self.speculator.stats() if self.speculator is not None else {}),
         }
 
     # one step ----------------------------------------------------------------------------------
@@ -145,14 +153,16 @@ class LLMEngine:
 
     def _can_overlap(self) -> bool:
         # A penalty over past tokens needs every real token before sampling: step by step.
-        if not self.overlap:
-            return False
+        if not self.overlap or self.speculator is not None:
+            return False      # speculation proposes from the newest tokens: they must be known
         return not any(_needs_history(s.sampling) for s in self.scheduler.running) \
             and not any(_needs_history(s.sampling) for s in self.scheduler.waiting)
 
     def _launch(self) -> "Launched | None":
         clock = time.perf_counter
         started = clock()
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running, self.max_model_len)
         decision = self.scheduler.schedule()
         if not decision.scheduled:
             return None
@@ -169,13 +179,16 @@ class LLMEngine:
         logits = self.runner.execute(plan, previous.tokens if previous else None)
         executed = clock()
         sampling = [item.seq for item in decision.scheduled if item.samples]
+        drafts = [item.num_draft for item in decision.scheduled if item.samples]
         for item in decision.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
         result = Launched(decision.scheduled)
         if prompt_targets:
             result.prompt_targets = prompt_targets
             result.prompt_logprobs = self._prompt_logprobs(prompt_targets, logits.device)
-        if sampling:
+        if sampling and any(drafts):
+            self._verify(logits, sampling, drafts, result)
+        elif sampling:
             batch = SamplingBatch.build([self._sampling_row(seq) for seq in sampling],
                                         logits.device)
             greedy = self.runner.greedy_tokens
@@ -209,6 +222,7 @@ class LLMEngine:
             value, top = unpack_logprobs(row, seq.sampling.prompt_logprobs)
             seq.prompt_logprobs.append(value)
             seq.prompt_top_logprobs.append(top)
+        outputs += self._finish_verified(launched, logprobs)
         for i, (seq, position) in enumerate(launched.sampled):
             if seq.is_finished:                          # aborted, or stopped, while in flight
                 continue
@@ -225,6 +239,8 @@ class LLMEngine:
                 self.scheduler.finish(seq, reason)
                 self.sequences.pop(seq.request_id, None)
                 self.counters["requests_finished"] += 1
+                if self.speculator is not None:
+                    self.speculator.forget(seq.request_id)
             output = TokenOutput(seq.request_id, seq.owner, [token], None, reason,
                                  seq.num_prompt_tokens, seq.num_cached_tokens)
             if logprobs is not None:
@@ -242,6 +258,84 @@ class LLMEngine:
         self.scheduler.remove_finished()
         self.seconds["wait"] += waited - started
         self.seconds["postprocess"] += time.perf_counter() - waited
+        return outputs
+
+    def _verify(self, logits, sampling: list[Sequence], drafts: list[int],
+                result: Launched) -> None:
+        """Speculative step: every sampling row set verifies its drafts (rejection.py)."""
+        from .speculative.rejection import verify
+
+        rows, candidates, q_rows, q_parts, starts = [], [], [], [], []
+        for seq, count in zip(sampling, drafts):
+            starts.append(len(rows))
+            proposal = seq.draft_tokens[:count]
+            q = self.speculator.q.get(id(seq)) if count else None
+            if q is not None:
+                q_rows.extend(range(len(rows), len(rows) + count))
+                q_parts.append(q[:count])
+            for j in range(count + 1):
+                # position j sees the drafts before it as history (penalties, min_tokens)
+                rows.append(sampling_row(
+                    seq.sampling, seq.seed, seq.num_output_tokens + j,
+                    lambda seq=seq, j=j: seq.token_ids + seq.draft_tokens[:j],
+                    self.eos_token_ids if seq.sampling.min_tokens else ()))
+            candidates.extend(proposal + [-1])
+        batch = SamplingBatch.build(rows, logits.device)
+        if any(seq.matcher is not None for seq in sampling):
+            # constrained requests never get drafts: their one row takes the grammar's mask
+            batch.token_bitmask = self._structured.bitmask(
+                [seq.matcher for seq, count in zip(sampling, drafts) for _ in range(count + 1)])
+        verified = verify(logits, batch, drafts, candidates, q_rows,
+                          torch.cat(q_parts) if q_parts else None)
+        result.tokens = self.runner.tp.broadcast_tokens(verified.row_tokens.contiguous())
+        result.logprobs = verified.logprobs
+        for seq, count, accepted, tokens, start in zip(sampling, drafts, verified.accepted,
+                                                       verified.tokens, starts):
+            result.verified.append((seq, tokens, start))
+            if count:
+                self.speculator.record(count, accepted, len(tokens))
+
+    def _finish_verified(self, launched: Launched, logprobs) -> list[TokenOutput]:
+        """Append each verified sequence's kept tokens (up to a stop), roll its KV back."""
+        outputs = []
+        for seq, tokens, start in launched.verified:
+            seq.draft_tokens = []
+            if seq.is_finished:
+                continue
+            kept, reason = [], None
+            for token in tokens:
+                seq.token_ids.append(token)
+                kept.append(token)
+                reason = self._stop_reason(seq, token, len(seq.token_ids) - 1)
+                if seq.matcher is not None and not reason:       # (one token: no drafts)
+                    if not seq.matcher.accept_token(token):
+                        log.warning("request %s: token %d is outside its grammar",
+                                    seq.request_id, token)
+                    if seq.matcher.is_terminated():
+                        reason = "eos_token"
+                if reason:
+                    break
+            self.counters["generated_tokens"] += len(kept) - 1
+            if reason:
+                self.scheduler.finish(seq, reason)
+                self.sequences.pop(seq.request_id, None)
+                self.speculator.forget(seq.request_id)
+                self.counters["requests_finished"] += 1
+            else:
+                self.scheduler.roll_back(seq)
+            output = TokenOutput(seq.request_id, seq.owner, kept, None, reason,
+                                 seq.num_prompt_tokens, seq.num_cached_tokens)
+            if logprobs is not None:
+                unpacked = [unpack_logprobs(logprobs[start + i], seq.sampling.top_logprobs)
+                            for i in range(len(kept))]
+                output.logprobs = [value for value, _ in unpacked]
+                output.top_logprobs = [top for _, top in unpacked] \
+                    if seq.sampling.top_logprobs else None
+            if seq.sampling.prompt_logprobs >= 0 and not seq.prompt_logprobs_sent:
+                seq.prompt_logprobs_sent = True
+                output.prompt_logprobs = seq.prompt_logprobs
+                output.prompt_top_logprobs = seq.prompt_top_logprobs
+            outputs.append(output)
         return outputs
 
     def _count(self, decision) -> None:

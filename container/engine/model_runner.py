@@ -3,6 +3,8 @@
 Rank 0 packs each step into a StepPlan: a flat int64 array (token ids, positions, KV slots,
 query offsets, sequence lengths, block tables, which rows produce logits). That array is all
 the other ranks receive, so a step costs them one small broadcast, never a pickle of requests.
+Speculative decoding needs nothing more: a sequence's draft tokens are rows after its newest
+token, each with a logit row, so verification is an ordinary (eager) step.
 """
 
 from __future__ import annotations
@@ -86,14 +88,17 @@ class StepPlan:
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
             pos = np.arange(start, start + n, dtype=np.int64)
-            input_ids[cursor:cursor + n] = seq.token_ids[start:start + n]
+            drafts = item.num_draft              # speculative: verified after the last token
+            input_ids[cursor:cursor + n - drafts] = seq.token_ids[start:start + n - drafts]
+            if drafts:
+                input_ids[cursor + n - drafts:cursor + n] = seq.draft_tokens[:drafts]
             positions[cursor:cursor + n] = pos
             slots[cursor:cursor + n] = tables[i, pos // block_size] * block_size + pos % block_size
             cursor += n
             query_start[i + 1] = cursor
             seq_lens[i] = start + n
-            if item.samples:
-                logits_rows.append(cursor - 1)
+            if item.samples:                     # the last token's row, then each draft's
+                logits_rows.extend(range(cursor - 1 - drafts, cursor))
             if n == 1 and num_decode == i:
                 num_decode += 1
         from_previous = np.full(num_tokens, -1, np.int64)

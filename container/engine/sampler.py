@@ -255,6 +255,15 @@ def filter_top_k_top_p(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tens
 
 def _choose(logits: torch.Tensor, batch: SamplingBatch):
     """(tokens [B], raw log-softmax [B, V] or None)."""
+    tokens, raw_logprobs, _ = choose_with_probs(logits, batch)
+    return tokens, raw_logprobs
+
+
+def choose_with_probs(logits: torch.Tensor, batch: SamplingBatch):
+    """(tokens [B], raw log-softmax [B, V] or None, probs [B, V] or None): probs is the
+    distribution each sampled row drew from, after every processor (None when the whole
+    batch is greedy; greedy rows of a mixed batch hold a distribution they did not use).
+    Speculative verification needs it to weigh draft tokens."""
     logits = logits.float()
     raw_logprobs = torch.log_softmax(logits, dim=-1) if batch.want_logprobs else None
     logits = apply_repetition_penalty(logits, batch)
@@ -263,13 +272,13 @@ def _choose(logits: torch.Tensor, batch: SamplingBatch):
     logits = apply_token_mask(logits, batch)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
-        return greedy, raw_logprobs
+        return greedy, raw_logprobs, None
     temperature = batch.temperature.clamp(min=1e-5).unsqueeze(1)
     scaled = filter_min_p_typical(filter_top_k_top_p(logits / temperature, batch), batch)
     probs = scaled.softmax(dim=-1)
     noise = uniform_noise(batch.seed, batch.step, logits.shape[1])
     drawn = (probs / -torch.log(noise)).argmax(dim=-1)
-    return torch.where(batch.temperature > 0, drawn, greedy), raw_logprobs
+    return torch.where(batch.temperature > 0, drawn, greedy), raw_logprobs, probs
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,7 +25,12 @@ class ScheduledSeq:
     @property
     def samples(self) -> bool:
         """True when this step computes the sequence's last known token (so it samples)."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        return self.seq.num_computed_tokens + self.num_new_tokens >= self.seq.num_tokens
+
+    @property
+    def num_draft(self) -> int:
+        """Draft tokens this step verifies (computed after the last known token)."""
+        return max(0, self.seq.num_computed_tokens + self.num_new_tokens - self.seq.num_tokens)
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Scheduler:
         self.blocks.free(seq)
         seq.status = Status.WAITING
         seq.num_computed_tokens = 0
+        seq.draft_tokens = []
         if self.lora is not None:
             self.lora.release(seq)
         self.waiting.appendleft(seq)
@@ -100,6 +106,9 @@ class Scheduler:
             count = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if count <= 0:
                 continue
+            if seq.draft_tokens:              # a decode verifying its drafts: 1 + k tokens
+                del seq.draft_tokens[max(0, budget - 1):]
+                count = 1 + len(seq.draft_tokens)
             while self.blocks.new_blocks_needed(seq, count) > self.blocks.num_free:
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -144,6 +153,12 @@ class Scheduler:
         """After the step ran: the chunk's tokens are now in the KV cache."""
         scheduled.seq.num_computed_tokens += scheduled.num_new_tokens
         self.blocks.mark_computed(scheduled.seq)
+
+    def roll_back(self, seq: Sequence) -> None:
+        """After verification: the KV of rejected draft positions is no longer computed, and
+        blocks that only held such positions go back to the pool."""
+        seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens - 1)
+        self.blocks.trim(seq, seq.num_tokens)
 
     def remove_finished(self) -> None:
         self.running = [s for s in self.running if not s.is_finished]

@@ -44,6 +44,9 @@ class Sequence:
     lora: object = None                      # its LoRA adapter (lora/registry.py Registered)
     lora_slot: int = -1                      # the device slot serving it while admitted
     cache_salt: int = 0                      # prefix-cache namespace: the adapter's id
+    # speculative decoding: tokens proposed for the positions after the newest one, verified
+    # by the next step (they are not part of token_ids until accepted)
+    draft_tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.token_ids = list(self.prompt_token_ids)

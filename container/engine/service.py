@@ -52,12 +52,13 @@ def choose_device(dist: DistEnv) -> torch.device:
 
 
 def kv_block_count(options: NativeOptions, runner: ModelRunner, device: torch.device,
-                   max_model_len: int) -> int:
+                   max_model_len: int, extra_per_block: int = 0) -> int:
+    """extra_per_block: bytes another cache takes per block (a draft model's, as many blocks)."""
     if options.num_kv_blocks:
         return options.num_kv_blocks
     # Never more than a full batch of full-length sequences can use.
     useful = options.max_rolling_batch_size * -(-max_model_len // runner.block_size) + 1
-    per_block = runner.kv_bytes_per_block()
+    per_block = runner.kv_bytes_per_block() + extra_per_block
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         used = total - free
@@ -79,7 +80,12 @@ def _activation_reserve(options: NativeOptions, runner: ModelRunner) -> int:
     tokens = options.max_rolling_batch_prefill_tokens
     element = torch.tensor([], dtype=runner.dtype).element_size()
     per_token = (config.hidden_size * 6 + config.intermediate_size * 3) * element
-    logits = min(tokens, options.max_rolling_batch_size) * config.vocab_size * 4 * 3
+    spec = options.speculative_config       # verification: 1 + k logit rows per sequence
+    rows = options.max_rolling_batch_size * (1 + (spec.num_speculative_tokens if spec else 0))
+    logits = min(tokens, rows) * config.vocab_size * 4 * 3
+    if spec is not None and spec.method == "draft_model":     # the drafts' q rows, float32
+        logits += options.max_rolling_batch_size * spec.num_speculative_tokens * \
+            config.vocab_size * 4 * 2
     return int(tokens * per_token * 2 + logits + (512 << 20))
 
 
@@ -143,7 +149,15 @@ class NativeService:
                                       quant=self.quant)
         except ValueError as exc:   # shapes that cannot be split or loaded
             raise StartupError(str(exc)) from None
-        blocks = kv_block_count(self.options, self.runner, device, max_len)
+        spec = self.options.speculative_config
+        draft_runner = None
+        if spec is not None and spec.method == "draft_model" and dist.rank == 0:
+            from .speculative.setup import load_draft_runner
+
+            draft_runner = load_draft_runner(spec, config, model_config, max_len, dtype, device,
+                                             int(self.options.kv_block_size))
+        blocks = kv_block_count(self.options, self.runner, device, max_len,
+                                draft_runner.kv_bytes_per_block() if draft_runner else 0)
         if self.pipeline is not None:
             blocks = self.pipeline.agree_min(blocks)
         elif tp.enabled:
@@ -172,6 +186,15 @@ class NativeService:
         scheduler = Scheduler(self.block_manager, self.options.max_rolling_batch_size,
                               self.options.max_rolling_batch_prefill_tokens)
         eos = sorted(set(model_config.eos_token_ids) | set(generation_eos_ids(self.model_dir)))
+        speculator = None
+        if spec is not None and dist.rank == 0:
+            from .speculative.setup import build_speculator
+
+            graphs = device.type == "cuda" and not self.options.enforce_eager
+            speculator = build_speculator(
+                spec, draft_runner, blocks, self.options.max_rolling_batch_prefill_tokens,
+                min(self.options.max_rolling_batch_size, 512) if graphs else None,
+                self.max_model_len)
         if self.pipeline is not None:
             from .pipeline import PipelineEngine, StageLink
 
@@ -180,7 +203,8 @@ class NativeService:
                                          self.pipeline, self.link)
         else:
             self.engine = LLMEngine(self.runner, scheduler, eos, self.max_model_len,
-                                    self.plan_channel, overlap=self.options.overlap_scheduling)
+                                    self.plan_channel, overlap=self.options.overlap_scheduling,
+                                    speculator=speculator)
         self.eos_token_ids = eos
         self.engine.tokenizer_dir = str(self.model_dir)       # structured output's grammars
         self.lora = None
@@ -259,13 +283,18 @@ class NativeService:
         """Compile the prefill kernels now, not on the first request's time."""
         from ..workers.protocol import SamplingParams
 
-        length = min(64, self.max_model_len - 4)
+        spec = self.options.speculative_config
+        extra = spec.num_speculative_tokens if spec else 0    # reach a verification step
+        length = min(64, self.max_model_len - 4 - extra)
         prompt = [1 + i % (self.model_config.vocab_size - 1) for i in range(length)]
-        self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2))
+        self.engine.add_request("__warmup__", prompt, SamplingParams(max_new_tokens=2 + extra))
         while self.engine.has_work():
             self.engine.step()
         self.engine.counters = {k: 0 for k in self.engine.counters}
         self.engine.seconds.clear()
+        speculator = getattr(self.engine, "speculator", None)
+        if speculator is not None:
+            speculator.counters = {k: 0 for k in speculator.counters}
 
     def model_info(self) -> dict:
         return {
@@ -284,6 +313,8 @@ class NativeService:
             "attention": self.model_config.attention_kinds,
             "lora": self.runner.lora is not None,
             "quantization": self.quantization,
+            "speculative": (self.options.speculative_config.method
+                            if self.options.speculative_config else None),
         }
 
     # rank 0 ------------------------------------------------------------------------------------

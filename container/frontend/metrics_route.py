@@ -29,6 +29,18 @@ ENGINE_FIGURES = {
                                "counter"),
     "cached_prompt_tokens": ("serve_prefix_cache_hit_tokens",
                              "Prompt tokens served from the prefix cache", "counter"),
+    # speculative decoding (option.speculative_config)
+    "spec_draft_tokens": ("serve_spec_draft_tokens",
+                          "Draft tokens proposed and verified", "counter"),
+    "spec_accepted_tokens": ("serve_spec_accepted_tokens",
+                             "Draft tokens the target model accepted", "counter"),
+    "spec_verify_steps": ("serve_spec_verified_sequence_steps",
+                          "Sequence-steps that verified draft tokens", "counter"),
+    "spec_acceptance_rate": ("serve_spec_acceptance_rate",
+                             "Accepted / proposed draft tokens since start", "gauge"),
+    "spec_tokens_per_step": ("serve_spec_tokens_per_step",
+                             "Tokens emitted per sequence-step that verified drafts (1 + "
+                             "accepted, since start)", "gauge"),
 }
 
 
