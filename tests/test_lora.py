@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from conftest import ServeProcess, run_serve_to_exit
+from conftest import REPO, ServeProcess, run_serve_to_exit
 from lora_helpers import make_adapter, make_adapters, reference_greedy
 from s3_helpers import client, moto, s3_env, upload_dir  # noqa: F401  (fixture)
 from tiny_models import build_model
@@ -148,6 +148,33 @@ def test_mixed_batch_matches_peft_with_each_adapter_alone(server, prompts, expec
     assert 'serve_lora_tokens_total{adapter="gamma",kind="generated"}' in stats
     assert 'serve_lora_adapters_resident{where="device"}' in stats
     assert 'serve_lora_adapter_load_seconds_count{adapter="alpha",stage="host"}' in stats
+
+
+@pytest.mark.parametrize("backend", ["lmi", "openai-completions"])
+def test_load_generator_spreads_requests_over_adapters(server, base, backend, tmp_path):
+    """`python -m container.bench --adapters` (the device benchmark's multi-LoRA load) names
+    the adapters in turn: the per-adapter request counters grow by exactly its share."""
+    import subprocess
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counts():
+        text = requests.get(server.url("/metrics"), timeout=10).text
+        return {s.labels["adapter"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "serve_lora_requests_total"}
+
+    before = counts()
+    subprocess.run([sys.executable, "-m", "container.bench", "--url", server.base,
+                    "--backend", backend, "--tokenizer", str(base), "--num-prompts", "6",
+                    "--input-len", "4", "--output-len", "2", "--concurrency", "3",
+                    "--warmup", "0", "--adapters", "alpha,gamma", "--model", "model",
+                    "--results-dir", str(tmp_path), "--label", "spread"],
+                   check=True, capture_output=True, timeout=120, cwd=REPO)
+    after = counts()
+    grown = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert grown.get("alpha") == 3 and grown.get("gamma") == 3, grown
+    assert not any(v for k, v in grown.items() if k not in ("alpha", "gamma")), grown
 
 
 def test_lmi_list_takes_one_adapter_per_input_and_openai_model_names_one(server, prompts,

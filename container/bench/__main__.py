@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", default="lmi",
                    choices=["lmi", "openai-completions", "openai-chat", "handler", "sagemaker"])
     p.add_argument("--model", default="model", help="model name sent on OpenAI routes")
+    p.add_argument("--adapters", default="",
+                   help="comma list of LoRA adapters, given to the prompts in turn")
     p.add_argument("--tokenizer", help="tokenizer dir, for prompts of exact token length")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
@@ -67,6 +69,9 @@ def main(argv=None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     prompts = random_prompts(args.tokenizer, args.num_prompts, args.input_len, args.output_len,
                              vary=args.vary)
+    adapters = [name for name in args.adapters.split(",") if name]
+    for index, prompt in enumerate(prompts if adapters else []):
+        prompt.adapter = adapters[index % len(adapters)]
     ignore_eos = not args.no_ignore_eos
     if args.warmup:
         asyncio.run(run(call, args.url, prompts[:args.warmup], concurrency=args.warmup,
@@ -75,7 +80,8 @@ def main(argv=None) -> int:
               "url": args.url, "engine": args.engine, "peer": args.peer,
               "workload": {"num_prompts": args.num_prompts, "input_len": args.input_len,
                            "output_len": args.output_len, "vary": args.vary,
-                           "request_rate": args.request_rate, "ignore_eos": ignore_eos},
+                           "request_rate": args.request_rate, "ignore_eos": ignore_eos,
+                           "adapters": adapters},
               "levels": []}
     for users in levels:
         results, duration = asyncio.run(run(call, args.url, prompts, concurrency=users,

@@ -48,6 +48,8 @@ async def lmi(session: aiohttp.ClientSession, url: str, prompt: Prompt, ignore_e
               model: str) -> RequestResult:
     body = {"inputs": prompt.text, "stream": True,
             "parameters": {"max_new_tokens": prompt.output_len, "ignore_eos": ignore_eos}}
+    if prompt.adapter:
+        body["adapters"] = prompt.adapter
     chunks = Chunks(time.perf_counter())
     tokens = 0
     async with session.post(f"{url}/invocations", json=body) as response:
@@ -87,7 +89,7 @@ async def _openai(session, path: str, body: dict, prompt: Prompt, text_of) -> Re
 
 
 async def openai_completions(session, url, prompt: Prompt, ignore_eos: bool, model: str):
-    body = {"model": model, "prompt": prompt.token_ids or prompt.text,
+    body = {"model": prompt.adapter or model, "prompt": prompt.token_ids or prompt.text,
             "max_tokens": prompt.output_len, "stream": True, "ignore_eos": ignore_eos,
             "temperature": 0, "stream_options": {"include_usage": True}}
     return await _openai(session, f"{url}/v1/completions", body, prompt,
@@ -95,7 +97,7 @@ async def openai_completions(session, url, prompt: Prompt, ignore_eos: bool, mod
 
 
 async def openai_chat(session, url, prompt: Prompt, ignore_eos: bool, model: str):
-    body = {"model": model, "messages": [{"role": "user", "content": prompt.text}],
+    body = {"model": prompt.adapter or model, "messages": [{"role": "user", "content": prompt.text}],
             "max_tokens": prompt.output_len, "stream": True, "ignore_eos": ignore_eos,
             "temperature": 0, "stream_options": {"include_usage": True}}
     return await _openai(session, f"{url}/v1/chat/completions", body, prompt,

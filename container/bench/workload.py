@@ -12,6 +12,7 @@ class Prompt:
     text: str
     token_ids: list[int]
     output_len: int
+    adapter: str | None = None      # LoRA adapter the request names (None: the base model)
 
 
 def random_prompts(tokenizer_dir: str | None, count: int, input_len: int, output_len: int,
