@@ -24,7 +24,7 @@ UNSUPPORTED_METHODS = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "de
 # keys accepted and honoured; draft_tensor_parallel_size only as 1 (the draft runs on rank 0)
 KNOWN_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_max",
               "prompt_lookup_min", "draft_tensor_parallel_size", "revision"}
-FIX = ('e.g. option.speculative_config={"method": "ngram", "num_speculative_tokens": 4} or '
+FIX = ('allowed: a JSON object such as {"method": "ngram", "num_speculative_tokens": 4} or '
        '{"model": "<draft dir, s3:// prefix or Hub id>", "num_speculative_tokens": 3}')
 
 
@@ -43,7 +43,7 @@ def _integer(spec: dict, key: str, default: int | None, low: int, high: int) -> 
     if raw is None:
         raise ValueError(f"{key} is required; {FIX}")
     if isinstance(raw, bool) or not isinstance(raw, int):
-        raise ValueError(f"{key} must be an integer, got {raw!r}")
+        raise ValueError(f"{key} must be an integer, got {raw!r}; allowed {low}..{high}")
     if not low <= raw <= high:
         raise ValueError(f"{key}={raw} is out of range: allowed {low}..{high}")
     return raw
@@ -67,7 +67,7 @@ def parse_speculative_config(text: str) -> SpeculativeConfig | None:
     method = method.strip().lower()
     if method in UNSUPPORTED_METHODS or method.startswith("eagle"):
         raise ValueError(f"method {method!r} is not supported by the native engine (it needs "
-                         "trained heads we do not run): use \"ngram\" or a draft \"model\"")
+                         "trained heads we do not run); allowed: \"ngram\" or a draft \"model\"")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     unknown = sorted(set(spec) - KNOWN_KEYS)
@@ -77,23 +77,26 @@ def parse_speculative_config(text: str) -> SpeculativeConfig | None:
     k = _integer(spec, "num_speculative_tokens", None, 1, MAX_SPECULATIVE_TOKENS)
     if method == "ngram":
         if spec.get("model"):
-            raise ValueError("ngram proposes from the prompt and output: remove \"model\", or "
-                             "drop \"method\" to use the model as a draft")
+            raise ValueError("ngram proposes from the prompt and output, so \"model\" is not "
+                             "allowed with it: remove \"model\", or drop \"method\" to use "
+                             "the model as a draft")
         high = _integer(spec, "prompt_lookup_max", 4, 1, 64)
         low = _integer(spec, "prompt_lookup_min", 1, 1, 64)
         if low > high:
-            raise ValueError(f"prompt_lookup_min={low} is above prompt_lookup_max={high}")
+            raise ValueError(f"prompt_lookup_min={low} is above prompt_lookup_max={high}; "
+                             "allowed: prompt_lookup_min <= prompt_lookup_max")
         return SpeculativeConfig("ngram", k, prompt_lookup_max=high, prompt_lookup_min=low)
     model = spec.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise ValueError("draft_model needs \"model\": the draft checkpoint (a folder, s3:// "
-                         "prefix or Hub id) sharing the target's tokenizer")
+        raise ValueError("draft_model needs \"model\"; allowed: the draft checkpoint (a "
+                         "folder, s3:// prefix or Hub id) sharing the target's tokenizer")
     for key in ("prompt_lookup_max", "prompt_lookup_min"):
         if key in spec:
-            raise ValueError(f"{key} is an ngram setting: remove it for a draft model")
+            raise ValueError(f"{key} is an ngram setting, not allowed with a draft model: "
+                             "remove it")
     if spec.get("draft_tensor_parallel_size", 1) != 1:
-        raise ValueError("the draft model runs on one rank: set draft_tensor_parallel_size to 1 "
-                         "or leave it out")
+        raise ValueError("the draft model runs on one rank; allowed: "
+                         "draft_tensor_parallel_size 1 or left out")
     revision = spec.get("revision")
     return SpeculativeConfig("draft_model", k, model=model.strip(),
                              revision=str(revision) if revision else None)
