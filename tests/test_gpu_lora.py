@@ -90,18 +90,21 @@ def served(model_dir):
 def _reference(model_dir, adapter):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
+    # float32: the bf16 weights exactly, the adapter merged without rounding, so the only
+    # bf16 noise left is the served model's own
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).cuda().eval()
     if adapter:
         merge_adapter_into(model, model_dir / "adapters" / adapter)
     return model
 
 
 def _teacher_forced(model, prompt, tokens):
-    """The reference's log-softmax at each served position."""
+    """The reference's log-softmax at each served position, and each position's bf16 noise
+    allowance: 3 % of its largest |logit|, as tests/test_gpu.py allows the base model."""
     ids = torch.tensor([prompt + tokens], device="cuda")
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt) - 1:-1].float()
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(logits, dim=-1), 0.03 * logits.abs().max(dim=-1).values
 
 
 def test_decode_graphs_were_captured_with_lora_on(served):
@@ -121,19 +124,22 @@ def test_every_adapter_matches_the_merged_reference(model_dir, served):
         for i in (i for i in range(len(prompts)) if CHOICES[i % 4] == choice):
             tokens = [t for t, _ in results[i]]
             served_lp = torch.tensor([lp for _, lp in results[i]])
-            ref = _teacher_forced(model, prompts[i], tokens)
-            picked = ref[torch.arange(len(tokens), device=ref.device), torch.tensor(tokens, device=ref.device)].cpu()
-            gaps = ref.max(dim=-1).values.cpu() - picked
-            assert gaps.max().item() < 0.15, (choice, i, gaps.tolist())
-            assert (served_lp - picked).abs().max().item() < 0.15, (choice, i)
+            ref, noise = _teacher_forced(model, prompts[i], tokens)
+            rows = torch.arange(len(tokens), device=ref.device)
+            picked = ref[rows, torch.tensor(tokens, device=ref.device)]
+            gaps = (ref.max(dim=-1).values - picked).cpu()
+            noise, picked = noise.cpu(), picked.cpu()
+            assert (gaps <= noise).all(), (choice, i, gaps.tolist(), noise.tolist())
+            assert ((served_lp - picked).abs() <= noise).all(), (choice, i)
             fits += 1
         del model
         model = _reference(model_dir, wrong)
         for i in (i for i in range(len(prompts)) if CHOICES[i % 4] == choice):
             tokens = [t for t, _ in results[i]]
-            ref = _teacher_forced(model, prompts[i], tokens)
-            picked = ref[torch.arange(len(tokens), device=ref.device), torch.tensor(tokens, device=ref.device)]
-            if (ref.max(dim=-1).values - picked).max().item() >= 0.15:
+            ref, noise = _teacher_forced(model, prompts[i], tokens)
+            rows = torch.arange(len(tokens), device=ref.device)
+            picked = ref[rows, torch.tensor(tokens, device=ref.device)]
+            if ((ref.max(dim=-1).values - picked) > noise).any():
                 misfits += 1
         del model
         torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
-"""The batched LoRA kernels (kernels/lora.py) against the plain PyTorch path of LoRALinear:
-on CPU under Triton's interpreter, and on a real GPU where there is one."""
+"""The batched LoRA kernels (kernels/lora.py: per-row Triton kernels and the dense path)
+against a per-row float32 reference and the plain PyTorch path of LoRALinear: on CPU (Triton
+under its interpreter), and on a real GPU where there is one."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import triton_interpreter
 if not torch.cuda.is_available() and not triton_interpreter.enable():
     pytest.skip("triton is not installed", allow_module_level=True)
 
-from container.engine.kernels.lora import lora_expand, lora_shrink  # noqa: E402
+from container.engine.kernels.lora import lora_dense, lora_expand, lora_shrink  # noqa: E402
 
 
 def _case(device, dtype, tokens=7, k=80, n=48, slots=3, rank=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, k, generator=gen).to(device, dtype)
     a = torch.randn(slots, rank, k, generator=gen).to(device, dtype)
-    b = torch.randn(slots, n, rank, generator=gen).to(device, dtype)
+    b = torch.randn(slots, rank, n, generator=gen).to(device, dtype)
     a[1, 5:] = 0                                 # a rank-5 adapter, zero-padded to 8
-    b[1, :, 5:] = 0
-    row_slots = torch.tensor([0, -1, 2, 1, 0, -1, 2][:tokens], dtype=torch.int64, device=device)
+    b[1, 5:] = 0
+    row_slots = torch.tensor([0, -1, 2, 1, 0, -1, 2] * (tokens // 7 + 1), dtype=torch.int64,
+                             device=device)[:tokens]
     y = torch.randn(tokens, n + 16, generator=gen).to(device, dtype)
     return x, a, b, row_slots, y
 
@@ -30,59 +32,73 @@ def _reference(x, a, b, row_slots, y, offset):
     out = y.clone().float()
     for t, s in enumerate(row_slots.tolist()):
         if s >= 0:
-            out[t, offset:offset + b.shape[1]] += (x[t].float() @ a[s].float().t()) @ \
-                b[s].float().t()
+            out[t, offset:offset + b.shape[2]] += (x[t].float() @ a[s].float().t()) @ b[s].float()
     return out
 
 
-def _check(device, dtype, tolerance, **case):
+def _one_hot(row_slots, slots, dtype):
+    from container.engine.layers.lora import LoRAContext
+
+    mask = LoRAContext(slots).one_hot(row_slots.cpu().numpy())
+    return torch.from_numpy(mask).to(row_slots.device, dtype)
+
+
+def _check(device, dtype, tolerance, dense=False, **case):
     x, a, b, row_slots, y = _case(device, dtype, **case)
     want = _reference(x, a, b, row_slots, y, 16)
-    h = lora_shrink(x, a, row_slots)
-    got = lora_expand(h, b, row_slots, y, offset=16)
+    if dense:
+        got = y.clone()
+        lora_dense(x, a, b, _one_hot(row_slots, a.shape[0], dtype), got[:, 16:], [b.shape[2]])
+    else:
+        h = lora_shrink(x, a, row_slots)
+        got = lora_expand(h, b, row_slots, y, offset=16)
     assert torch.allclose(got.float(), want, atol=tolerance, rtol=tolerance)
     base_rows = row_slots < 0                    # rows of the base model are untouched
     assert torch.equal(got[base_rows], _case(device, dtype, **case)[4][base_rows])
 
 
-# a short row (one program per row) and a long one at few rows (the shrink cut into K slices)
-SHAPES = [dict(k=80), dict(k=1100, n=40)]
+# a short row (one program per row), a long one at few rows (the shrink cut into K slices),
+# and many rows through the dense path
+SHAPES = [dict(k=80), dict(k=1100, n=40), dict(k=96, tokens=40, dense=True)]
+IDS = ["short", "sliced", "dense"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test below covers it")
-@pytest.mark.parametrize("shape", SHAPES, ids=["short", "sliced"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_kernels_under_the_interpreter_match_the_torch_path(shape):
     _check("cpu", torch.float32, 1e-3, **shape)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("shape", SHAPES, ids=["short", "sliced"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 def test_kernels_on_the_gpu_match_the_torch_path(shape):
     _check("cuda", torch.bfloat16, 0.1 * (shape["k"] / 80) ** 0.5, **shape)
 
 
-def _layer_case(device):
-    """A LoRALinear over a qkv layer with three slots filled (one q-only), and a mixed step."""
+def _layer_case(device, rows=1):
+    """A LoRALinear over a qkv layer with three slots filled (one q-only), and a mixed step of
+    7 * rows token rows (rows=6: the dense path)."""
     from container.engine.layers.linear import QKVParallelLinear
     from container.engine.layers.lora import LoRAContext, LoRALinear
 
     torch.manual_seed(1)
     base = QKVParallelLinear(64, 16, 4, 2).to(device)
     base.weight.data.normal_()
-    context = LoRAContext()
+    context = LoRAContext(3, torch.float32)
     layer = LoRALinear(base, ["q_proj", "k_proj", "v_proj"], context, 3, 8, torch.float32)
     for slot, pieces in ((0, (0, 1, 2)), (1, (0,)), (2, (1, 2))):
         layer.set_slot(slot, {p: (torch.randn(4 + slot, 64, device=device),
                                   torch.randn(layer.pieces[p].out_count, 4 + slot,
                                               device=device)) for p in pieces})
-    context.set(torch.tensor([2, -1, 0, 1, 1, -1, 0]), torch.device(device))
-    return layer, torch.randn(7, 64, device=device)
+    context.set(torch.tensor([2, -1, 0, 1, 1, -1, 0] * rows), torch.device(device))
+    return layer, torch.randn(7 * rows, 64, device=device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test below covers it")
-def test_lora_linear_kernel_path_matches_its_torch_path(monkeypatch):
-    layer, x = _layer_case("cpu")
+@pytest.mark.parametrize("rows", [1, 6], ids=["per-row", "dense"])
+def test_lora_linear_kernel_path_matches_its_torch_path(monkeypatch, rows):
+    layer, x = _layer_case("cpu", rows)
     want = layer(x)
     monkeypatch.setenv("SERVE_KERNELS_ON_CPU", "1")
     assert torch.allclose(layer(x), want, atol=1e-3, rtol=1e-4)
@@ -90,8 +106,9 @@ def test_lora_linear_kernel_path_matches_its_torch_path(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
-def test_lora_linear_kernel_path_on_the_gpu(monkeypatch):
-    layer, x = _layer_case("cuda")
+@pytest.mark.parametrize("rows", [1, 6], ids=["per-row", "dense"])
+def test_lora_linear_kernel_path_on_the_gpu(monkeypatch, rows):
+    layer, x = _layer_case("cuda", rows)
     got = layer(x)
     monkeypatch.setenv("SERVE_KERNELS", "0")
     assert torch.allclose(got, layer(x), atol=1e-2, rtol=1e-3)

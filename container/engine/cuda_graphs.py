@@ -53,6 +53,9 @@ class DecodeGraphs:
                                 device=device)
         # each row's adapter slot, read by the LoRA kernels inside the graphs (-1: none)
         self.lora_slots = torch.full((max_batch,), -1, dtype=torch.int64, device=device)
+        # and its one-hot, read by the dense LoRA path of large batches (kernels/lora.py)
+        self.lora_mask = (torch.zeros(max_batch, self.lora.context.max_loras, device=device,
+                                      dtype=self.lora.context.dtype) if self.lora else None)
         self.tokens = torch.zeros(max_batch, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -101,7 +104,8 @@ class DecodeGraphs:
                     self.splits[size] = self.runner.decode_splits(
                         size, self.max_blocks * self.runner.block_size)
                     if self.lora is not None:
-                        self.lora.context.capture_with(self.lora_slots[:size])
+                        self.lora.context.capture_with(self.lora_slots[:size],
+                                                       self.lora_mask[:size])
                     for _ in range(2):                                 # compile kernels, warm up
                         self._forward(size)
                     graph = torch.cuda.CUDAGraph()
@@ -138,6 +142,7 @@ class DecodeGraphs:
             slots = np.full(size, -1, dtype=np.int64)         # padding rows: no adapter
             slots[:rows] = plan.data[start:start + rows]
             self.lora_slots[:size].copy_(torch.from_numpy(slots))
+            self.lora_mask[:size].copy_(torch.from_numpy(self.lora.context.one_hot(slots)))
         if previous_tokens is not None and previous_tokens.data_ptr() != self.tokens.data_ptr():
             # from an eager step or the sampler: where the graph reads placeholders from
             self.tokens[:previous_tokens.numel()].copy_(previous_tokens)

@@ -2,8 +2,9 @@
 
 One `LoRALinear` wraps a built and loaded linear layer (column-, row-parallel, merged or qkv)
 and holds, per piece of its output (q/k/v, gate/up, or the whole layer), the stacked matrices of
-every device slot: A [max_loras, max_rank, in_local] and B [max_loras, out_local, max_rank],
-zero-padded to max_rank, the adapter's scaling folded into B. Which slot each token row uses is
+every device slot: A [pieces, max_loras, max_rank, in_local] and B [max_loras, max_rank,
+out_local] (the pieces side by side along the output), zero-padded to max_rank, the adapter's
+scaling folded into B: the layouts both GPU paths of kernels/lora.py read. Which slot each token row uses is
 not decided here: the runner writes it once per step into the shared `LoRAContext` (from the
 step plan), and every layer reads it, so model code has no adapter branches at all.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,12 +31,17 @@ BASE = -1      # the slot index of rows that use no adapter
 class LoRAContext:
     """The step's adapter choice, shared by every LoRA layer of a model.
 
-    groups: (slot, row indices) for each slot present in the step, computed once per step so
-    the plain PyTorch path is one gather-shrink-expand-scatter per slot and layer."""
+    token_slots: each token row's slot (device); token_mask: the same as a one-hot [rows,
+    max_loras] in the adapters' dtype, for the dense GPU path (kernels/lora.py); groups:
+    (slot, row indices) for each slot present in the step, computed once per step so the plain
+    PyTorch path is one gather-shrink-expand-scatter per slot and layer."""
 
-    def __init__(self):
+    def __init__(self, max_loras: int = 1, dtype: torch.dtype = torch.float32):
+        self.max_loras = max_loras
+        self.dtype = dtype
         self.groups: list[tuple[int, torch.Tensor]] = []
         self.token_slots: torch.Tensor | None = None
+        self.token_mask: torch.Tensor | None = None
         self.capturing = False
 
     @property
@@ -43,23 +50,33 @@ class LoRAContext:
         always do: the graph is replayed for steps with and without adapters alike."""
         return self.capturing or bool(self.groups)
 
-    def capture_with(self, slots: torch.Tensor | None) -> None:
-        """Record graphs that read each row's slot from `slots` (a fixed device buffer the
-        graph runner fills before every replay); None ends the recording."""
+    def one_hot(self, token_slots: np.ndarray) -> np.ndarray:
+        """The mask the dense path multiplies by: row t, column s is 1 where row t uses slot s."""
+        mask = np.zeros((token_slots.shape[0], self.max_loras), dtype=np.float32)
+        used = token_slots >= 0
+        mask[np.flatnonzero(used), token_slots[used]] = 1.0
+        return mask
+
+    def capture_with(self, slots: torch.Tensor | None, mask: torch.Tensor | None = None) -> None:
+        """Record graphs that read each row's slot from `slots` and its one-hot from `mask`
+        (fixed device buffers the graph runner fills before every replay); None ends it."""
         self.set(None)
         self.capturing = slots is not None
         self.token_slots = slots
+        self.token_mask = mask
 
     def set(self, token_slots: torch.Tensor | None, device: torch.device | None = None) -> None:
         """token_slots: a host tensor, one slot per token row (BASE: no adapter)."""
         self.capturing = False
         self.token_slots = None
+        self.token_mask = None
         self.groups = []
         if token_slots is None or token_slots.numel() == 0:
             return
         host = token_slots.cpu()
         device = device or host.device
         self.token_slots = host.to(device)
+        self.token_mask = torch.from_numpy(self.one_hot(host.numpy())).to(device, self.dtype)
         for slot in torch.unique(host).tolist():
             if slot == BASE:
                 continue
@@ -117,14 +134,13 @@ class LoRALinear(nn.Module):
         if [p.out_offset for p in self.pieces] != [sum(q.out_count for q in self.pieces[:i])
                                                   for i in range(len(self.pieces))]:
             raise ValueError("LoRA pieces must tile the layer's output in order")
-        # every piece's A stacked along the rank and B along the output, so the GPU path is
-        # one shrink and one expand per layer (kernels/lora.py); lora_a / lora_b are views
-        self.a_all = torch.zeros(max_loras, len(self.pieces) * max_rank, self.in_local,
+        # one A and one B tensor for all pieces, so the GPU path is one shrink and one expand
+        # per layer (kernels/lora.py); lora_a / lora_b are each piece's views of them
+        self.a_all = torch.zeros(len(self.pieces), max_loras, max_rank, self.in_local,
                                  dtype=dtype, device=device)
-        self.b_all = torch.zeros(max_loras, out_local, max_rank, dtype=dtype, device=device)
-        self.lora_a = [self.a_all[:, i * max_rank:(i + 1) * max_rank]
-                       for i in range(len(self.pieces))]
-        self.lora_b = [self.b_all[:, p.out_offset:p.out_offset + p.out_count]
+        self.b_all = torch.zeros(max_loras, max_rank, out_local, dtype=dtype, device=device)
+        self.lora_a = [self.a_all[i] for i in range(len(self.pieces))]
+        self.lora_b = [self.b_all[:, :, p.out_offset:p.out_offset + p.out_count]
                        for p in self.pieces]
         self.piece_rows = [p.out_count for p in self.pieces]
         # which pieces each slot fills: a slot that does not target this layer costs nothing
@@ -154,7 +170,7 @@ class LoRALinear(nn.Module):
         for piece, (a, b) in weights.items():
             rank = a.shape[0]
             self.lora_a[piece][slot, :rank].copy_(a)
-            self.lora_b[piece][slot, :, :rank].copy_(b)
+            self.lora_b[piece][slot, :rank].copy_(b.t())
         self.filled[slot] = set(weights)
 
     def clear_slot(self, slot: int) -> None:
@@ -166,11 +182,14 @@ class LoRALinear(nn.Module):
     # forward ----------------------------------------------------------------------------------
     def _add_lora(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Plain PyTorch path: per slot present in the step, shrink then expand its rows.
-        On a GPU with the Triton kernels: one shrink and one expand launch for all pieces,
-        every row's slot at once (kernels/lora.py)."""
+        On a GPU: every row's slot at once, per-row kernels for few rows and two dense
+        products over all slots for many (kernels/lora.py)."""
         if gpu_kernels(x) is not None and out.is_contiguous():
-            from ..kernels.lora import lora_expand, lora_shrink
+            from ..kernels.lora import DENSE_MIN_ROWS, lora_dense, lora_expand, lora_shrink
 
+            if x.shape[0] >= DENSE_MIN_ROWS:
+                return lora_dense(x, self.a_all, self.b_all, self.context.token_mask, out,
+                                  self.piece_rows)
             slots = self.context.token_slots
             h = lora_shrink(x, self.a_all, slots)
             return lora_expand(h, self.b_all, slots, out, 0, self.piece_rows)
@@ -181,7 +200,7 @@ class LoRALinear(nn.Module):
             xs = x if rows is None else x.index_select(0, rows)
             for piece in filled:
                 p = self.pieces[piece]
-                delta = (xs @ self.lora_a[piece][slot].t()) @ self.lora_b[piece][slot].t()
+                delta = (xs @ self.lora_a[piece][slot].t()) @ self.lora_b[piece][slot]
                 target = out.narrow(-1, p.out_offset, p.out_count)
                 if rows is None:
                     target.add_(delta.to(out.dtype))

@@ -33,7 +33,7 @@ def attach_lora(model: nn.Module, targets: set[str], max_loras: int, max_rank: i
                 dtype: torch.dtype) -> tuple[LoRAContext, dict[str, LoRALinear]]:
     """Replace every wrappable layer holding one of `targets`; returns the shared context and
     path -> layer (paths as before wrapping, which is how checkpoint names map onto them)."""
-    context = LoRAContext()
+    context = LoRAContext(max_loras, dtype)
     layers: dict[str, LoRALinear] = {}
     for path, module in list(model.named_modules()):
         if not isinstance(module, _WRAPPABLE) or "." not in path:
