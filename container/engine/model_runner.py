@@ -171,6 +171,12 @@ class ModelRunner:
             finally:
                 torch.set_default_dtype(torch.float32)
             load_with_plan(model, weights, quant, tp, dtype)
+            if device.type == "cpu":
+                from .layers.cpu_packing import pack_cpu_weights
+                from .layers.embedding import ParallelLMHead
+                from .layers.linear import LinearBase
+
+                pack_cpu_weights(model, (LinearBase, ParallelLMHead))
         self.model = model.eval()
         self.lora = None
         if lora is not None:

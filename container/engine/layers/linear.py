@@ -15,17 +15,24 @@ from torch import nn
 
 from ..kernels import gpu_kernels
 from ..parallel import SINGLE, TensorParallel
+from .cpu_packing import packed_linear
 from .partition import partition
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """F.linear, except for one token on the GPU: the Triton GEMV (kernels/gemv.py), which
-    streams the weight faster than cuBLAS's batch-1 kernels."""
-    if x.shape[0] == 1 and x.is_cuda and gpu_kernels(x) is not None:
-        from ..kernels.gemv import gemv
+    streams the weight faster than cuBLAS's batch-1 kernels; and on the CPU, the weight's
+    oneDNN-packed copy where it has one (cpu_packing.py)."""
+    if x.is_cuda:
+        if x.shape[0] == 1 and gpu_kernels(x) is not None:
+            from ..kernels.gemv import gemv
 
-        out = gemv(x.contiguous(), weight)
-        return out if bias is None else out + bias
+            out = gemv(x.contiguous(), weight)
+            return out if bias is None else out + bias
+    else:
+        packed = getattr(weight, "cpu_packed", None)
+        if packed is not None and x.dtype == weight.dtype:
+            return packed_linear(x, packed, bias)
     return F.linear(x, weight, bias)
 
 
