@@ -11,7 +11,7 @@ and the CPU path. GPU kernels live in ../kernels and plug in through the same in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ class AttentionMetadata:
     decode_only: bool = False         # every sequence has one query token (GPU: split-KV kernel)
     decode_splits: int = 1
     workspace: object = None          # kernels.paged_attention.DecodeWorkspace on GPU
+    step_cache: dict = field(default_factory=dict)   # torch path: what every layer shares
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -43,6 +44,14 @@ def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     cache = storage(kv_cache)
     cache[0].view(-1, heads, dim).index_copy_(0, slot_mapping, to_cache(k, kv_cache.dtype))
     cache[1].view(-1, heads, dim).index_copy_(0, slot_mapping, to_cache(v, kv_cache.dtype))
+
+
+def gather_blocks(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """cache[blocks] for one of K or V ([num_blocks, block_size, heads, dim]) and a tensor of
+    block ids of any shape. index_select over whole blocks as rows copies each block in one
+    piece; advanced indexing walks it element by element (4 to 6x slower on CPU)."""
+    rows = torch.index_select(cache.view(cache.shape[0], -1), 0, blocks.reshape(-1))
+    return rows.view(*blocks.shape, *cache.shape[1:])
 
 
 class TorchPagedAttention:
@@ -69,8 +78,10 @@ class TorchPagedAttention:
         for i, seq_len in enumerate(meta.seq_lens_host):
             q_start, q_end = starts[i], starts[i + 1]
             blocks = meta.block_tables[i, :(seq_len + block_size - 1) // block_size]
-            keys = from_cache(cache[0, blocks].flatten(0, 1)[:seq_len], q.dtype)   # [S, Hk, D]
-            values = from_cache(cache[1, blocks].flatten(0, 1)[:seq_len], q.dtype)
+            keys = from_cache(gather_blocks(cache[0], blocks).flatten(0, 1)[:seq_len],
+                              q.dtype)                                         # [S, Hk, D]
+            values = from_cache(gather_blocks(cache[1], blocks).flatten(0, 1)[:seq_len],
+                                q.dtype)
             out[q_start:q_end] = self._attend(q[q_start:q_end], keys, values, seq_len)
         return out
 
@@ -85,14 +96,10 @@ class TorchPagedAttention:
         tables = meta.block_tables[:, :blocks]
         batch, heads, dim = q.shape
         cache = storage(kv_cache)
-        keys = from_cache(cache[0][tables], q.dtype).flatten(1, 2).transpose(1, 2)  # [B, Hk, L, D]
-        values = from_cache(cache[1][tables], q.dtype).flatten(1, 2).transpose(1, 2)
-        length = keys.shape[2]
-        keys_at = torch.arange(length, device=q.device)[None, :]
-        visible = keys_at < meta.seq_lens[:, None]
-        if self.window:
-            visible &= keys_at >= meta.seq_lens[:, None] - self.window
-        mask = visible[:, None, None, :]
+        keys = from_cache(gather_blocks(cache[0], tables), q.dtype) \
+            .flatten(1, 2).transpose(1, 2)                                   # [B, Hk, L, D]
+        values = from_cache(gather_blocks(cache[1], tables), q.dtype).flatten(1, 2).transpose(1, 2)
+        mask = self._decode_mask(meta, keys.shape[2])
         if self.softcap:
             return self._sdpa(q.unsqueeze(2), keys, values, mask).squeeze(2)
         kv_heads = keys.shape[1]
@@ -100,6 +107,19 @@ class TorchPagedAttention:
         out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask,
                                              scale=self.scale)
         return out.reshape(batch, heads, dim)
+
+    def _decode_mask(self, meta: AttentionMetadata, length: int) -> torch.Tensor:
+        """[B, 1, 1, L]: which gathered keys each sequence sees; made once per step and
+        window, as every layer of that kind asks for the same one."""
+        key = ("decode_mask", length, self.window)
+        mask = meta.step_cache.get(key)
+        if mask is None:
+            keys_at = torch.arange(length, device=meta.seq_lens.device)[None, :]
+            visible = keys_at < meta.seq_lens[:, None]
+            if self.window:
+                visible &= keys_at >= meta.seq_lens[:, None] - self.window
+            mask = meta.step_cache[key] = visible[:, None, None, :]
+        return mask
 
     def _sdpa(self, q, k, v, mask):
         """[.., H, L, D] attention; with soft-capping (Gemma 2) written out, as SDPA has none."""

@@ -134,11 +134,21 @@ class RotaryEmbedding(nn.Module):
         # float32 cos/sin, as transformers computes them; cast to the activation type when used
         self.register_buffer("cos", freqs.cos() * attention, persistent=False)
         self.register_buffer("sin", freqs.sin() * attention, persistent=False)
+        self._full = None
+
+    def full_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin with both halves side by side, for the torch path (one gather per call,
+        no concatenation); made on first use, so GPU runs (fused kernels) never hold them."""
+        if self._full is None or self._full[0].device != self.cos.device:
+            self._full = (torch.cat((self.cos, self.cos), dim=-1),
+                          torch.cat((self.sin, self.sin), dim=-1))
+        return self._full
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, Hq, D], k: [T, Hk, D] -> rotated (new tensors)."""
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        cos_full, sin_full = self.full_tables()
+        cos = cos_full[positions].to(q.dtype).unsqueeze(1)
+        sin = sin_full[positions].to(q.dtype).unsqueeze(1)
         if self.partial:
             r = self.rotary_dim
             return (torch.cat((_rotate(q[..., :r], cos, sin), q[..., r:]), dim=-1),
@@ -147,9 +157,8 @@ class RotaryEmbedding(nn.Module):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos, sin: [T, 1, D], the tables' halves side by side."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    cos = torch.cat((cos, cos), dim=-1)
-    sin = torch.cat((sin, sin), dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
     return x * cos + rotated * sin
