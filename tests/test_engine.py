@@ -67,6 +67,7 @@ def test_greedy_matches_transformers_under_preemption_and_chunking(tiny_llama, p
     outputs = run_staggered(engine, prompts, 12)
     assert engine.scheduler.total_preemptions > 0          # the KV budget forced preemption
     assert engine.counters["chunked_prefill_steps"] > 0    # and long prompts were chunked
+    assert engine.counters["mixed_steps"] > 0   # decodes ran as one batch beside prompt chunks
     if prefix_caching:
         assert engine.counters["cached_prompt_tokens"] > 0
     assert outputs == reference_greedy(tiny_llama, prompts, 12)

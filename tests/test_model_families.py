@@ -59,6 +59,7 @@ def assert_matches_transformers(engine, model_dir, vocab):
     outputs = run_staggered(engine, prompts, 12)
     assert engine.scheduler.total_preemptions > 0          # the KV budget forced preemption
     assert engine.counters["chunked_prefill_steps"] > 0    # and long prompts were chunked
+    assert engine.counters["mixed_steps"] > 0   # decodes ran as one batch beside prompt chunks
     assert outputs == reference_greedy(model_dir, prompts, 12)
 
 

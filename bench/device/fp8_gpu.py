@@ -78,6 +78,26 @@ def _runner(plan):
     return runner
 
 
+def _simulate_fp8(runner):
+    """Round the bf16 runner's decoder projections to FP8 per output channel in place, and
+    fake-quantize their multi-token inputs per token (what _scaled_mm sees)."""
+    import torch
+
+    from container.engine.quant.fp8 import dequantize, fake_quantize_per_token, \
+        quantize_per_channel
+
+    for layer in runner.model.model.layers:
+        for module in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                       layer.mlp.gate_up_proj, layer.mlp.down_proj):
+            with torch.no_grad():
+                q, scale = quantize_per_channel(module.weight)
+                module.weight.copy_(dequantize(q, scale, module.weight.dtype))
+            module.register_forward_pre_hook(
+                lambda _m, args: (fake_quantize_per_token(args[0]),) + args[1:]
+                if args[0].shape[0] > 1 else None)
+    return runner
+
+
 def _last_logits(runner, prompts):
     import torch
 
@@ -108,6 +128,10 @@ def phase_checks() -> None:
     prompts = random_token_prompts(128256, 8, 128)
     bf16 = _runner(QuantPlan())
     reference = _last_logits(bf16, prompts)
+    # the same bf16 model with what FP8 changes simulated (weights rounded per channel,
+    # multi-token activations per token): ours should sit near it; if bf16 vs this reference
+    # is as far apart as bf16 vs ours, the distance is the random model's, not a fault
+    simulated = _last_logits(_simulate_fp8(bf16), prompts)
     del bf16
     gc.collect()
     torch.cuda.empty_cache()
@@ -116,6 +140,15 @@ def phase_checks() -> None:
     rel = ((ours - reference).norm(dim=-1) / reference.norm(dim=-1)).tolist()
     top1 = (ours.argmax(-1) == reference.argmax(-1)).float().mean().item()
     SUMMARY["logits_fp8_vs_bf16"] = {"relative_error_per_prompt": rel, "top1_agreement": top1}
+
+    def distance(a, b):
+        return {"relative_error_mean": ((a - b).norm(dim=-1) / b.norm(dim=-1)).mean().item(),
+                "top1_agreement": (a.argmax(-1) == b.argmax(-1)).float().mean().item()}
+
+    SUMMARY["logits_fp8_vs_simulated_fp8"] = distance(ours, simulated)
+    SUMMARY["logits_simulated_fp8_vs_bf16"] = distance(simulated, reference)
+    log(f"fp8 vs simulated: {SUMMARY['logits_fp8_vs_simulated_fp8']}; simulated vs bf16: "
+        f"{SUMMARY['logits_simulated_fp8_vs_bf16']}")
     log(f"logits fp8 vs bf16: {SUMMARY['logits_fp8_vs_bf16']}")
     layer = fp8.model.model.layers[0]
     matmuls = {}

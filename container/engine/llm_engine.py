@@ -90,7 +90,7 @@ class LLMEngine:
         self._structured = None                        # StructuredDecoding, on first use
         self.seconds: dict[str, float] = defaultdict(float)   # time per phase of step()
         self.counters = {"steps": 0, "requests_finished": 0, "requests_aborted": 0,
-                         "chunked_prefill_steps": 0, "cached_prompt_tokens": 0,
+                         "chunked_prefill_steps": 0, "mixed_steps": 0, "cached_prompt_tokens": 0,
                          "prompt_tokens_computed": 0, "generated_tokens": 0}
 
     # requests ----------------------------------------------------------------------------------
@@ -341,7 +341,12 @@ class LLMEngine:
     def _count(self, decision) -> None:
         counters = self.counters
         counters["steps"] += 1
-        for item in decision.scheduled:
+        scheduled = decision.scheduled
+        leading_decodes = next((i for i, item in enumerate(scheduled) if item.num_new_tokens != 1),
+                               len(scheduled))
+        if 1 < leading_decodes < len(scheduled):     # decodes batched beside prompt chunks
+            counters["mixed_steps"] += 1
+        for item in scheduled:
             seq = item.seq
             if seq.num_computed_tokens < seq.num_prompt_tokens:
                 counters["prompt_tokens_computed"] += item.num_new_tokens

@@ -53,6 +53,23 @@ class PagedSelfAttention(nn.Module):
         tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        fused = gpu_kernels(hidden)
+        if not fused and not hasattr(self, "q_norm"):
+            # torch path: rotate the Q and K heads in one go, straight from the QKV output
+            qk = qkv[:, :q_size + kv_size].view(tokens, self.num_heads + self.num_kv_heads,
+                                                self.head_dim)
+            qk = self.rotary.rotate_heads(positions, qk, meta.step_cache)
+            q, k = qk[:, :self.num_heads], qk[:, self.num_heads:]
+            v = qkv[:, q_size + kv_size:].view(tokens, self.num_kv_heads, self.head_dim)
+            out = self.torch_backend(q, k, v, kv_cache, meta)
+        else:
+            out = self._attend_split(positions, qkv, kv_cache, meta, fused)
+        return self.o_proj(out.reshape(tokens, q_size), reduce=not self.partial_output)
+
+    def _attend_split(self, positions, qkv, kv_cache, meta, fused):
+        """Q, K and V apart: Q/K norms (Qwen3, Gemma 3) and the GPU's fused kernels."""
+        tokens = qkv.shape[0]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.reshape(tokens, self.num_heads, self.head_dim)
         k = k.reshape(tokens, self.num_kv_heads, self.head_dim)
@@ -60,19 +77,16 @@ class PagedSelfAttention(nn.Module):
         if hasattr(self, "q_norm"):
             q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
-        fused = gpu_kernels(hidden)
         if fused and self.rotary.partial:    # the fused kernel rotates whole heads only
             q, k = self.rotary(positions, q, k)
             write_kv(kv_cache, k, v, meta.slot_mapping)
-            out = self.triton_backend(q, kv_cache, meta)
-        elif fused:
+            return self.triton_backend(q, kv_cache, meta)
+        if fused:
             fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
                                  meta.slot_mapping)
-            out = self.triton_backend(q, kv_cache, meta)
-        else:
-            q, k = self.rotary(positions, q, k)
-            out = self.torch_backend(q, k, v, kv_cache, meta)
-        return self.o_proj(out.reshape(tokens, q_size), reduce=not self.partial_output)
+            return self.triton_backend(q, kv_cache, meta)
+        q, k = self.rotary(positions, q, k, meta.step_cache)
+        return self.torch_backend(q, k, v, kv_cache, meta)
 
     @property
     def partial_output(self) -> bool:

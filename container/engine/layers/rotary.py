@@ -137,28 +137,51 @@ class RotaryEmbedding(nn.Module):
         self._full = None
 
     def full_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin with both halves side by side, for the torch path (one gather per call,
-        no concatenation); made on first use, so GPU runs (fused kernels) never hold them."""
+        """cos, and sin with its first half negated, both halves side by side: the torch path
+        then rotates with one roll (x2, x1) and no negation, exactly as transformers'
+        rotate_half. Made on first use, so GPU runs (fused kernels) never hold them."""
         if self._full is None or self._full[0].device != self.cos.device:
             self._full = (torch.cat((self.cos, self.cos), dim=-1),
-                          torch.cat((self.sin, self.sin), dim=-1))
+                          torch.cat((-self.sin, self.sin), dim=-1))
         return self._full
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+    def step_tables(self, positions: torch.Tensor, dtype: torch.dtype,
+                    step_cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin at the step's positions, [T, 1, D] in the activations' type.
+        Every layer of a step rotates the same positions: with the step's cache (the
+        attention metadata's), the gather and cast run once per step instead of per layer."""
+        key = ("rotary", id(self), dtype)
+        tables = step_cache.get(key) if step_cache is not None else None
+        if tables is None:
+            cos_full, sin_full = self.full_tables()
+            tables = (cos_full[positions].to(dtype).unsqueeze(1),
+                      sin_full[positions].to(dtype).unsqueeze(1))
+            if step_cache is not None:
+                step_cache[key] = tables
+        return tables
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                step_cache: dict | None = None):
         """q: [T, Hq, D], k: [T, Hk, D] -> rotated (new tensors)."""
-        cos_full, sin_full = self.full_tables()
-        cos = cos_full[positions].to(q.dtype).unsqueeze(1)
-        sin = sin_full[positions].to(q.dtype).unsqueeze(1)
+        cos, sin = self.step_tables(positions, q.dtype, step_cache)
         if self.partial:
             r = self.rotary_dim
             return (torch.cat((_rotate(q[..., :r], cos, sin), q[..., r:]), dim=-1),
                     torch.cat((_rotate(k[..., :r], cos, sin), k[..., r:]), dim=-1))
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 
+    def rotate_heads(self, positions: torch.Tensor, heads: torch.Tensor,
+                     step_cache: dict | None = None) -> torch.Tensor:
+        """Rotate every head of [T, H, D] at once (Q and K heads side by side, as the fused
+        QKV projection leaves them): half the small ops of rotating Q and K apart."""
+        cos, sin = self.step_tables(positions, heads.dtype, step_cache)
+        if self.partial:
+            r = self.rotary_dim
+            return torch.cat((_rotate(heads[..., :r], cos, sin), heads[..., r:]), dim=-1)
+        return _rotate(heads, cos, sin)
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """cos, sin: [T, 1, D], the tables' halves side by side."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+    """cos, sin: [T, 1, D], the tables' halves side by side, sin's first half negated; x * cos
+    + rotate_half(x) * sin with rotate_half(x) = (-x2, x1) = roll(x) * sign."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
