@@ -164,21 +164,20 @@ class RotaryEmbedding(nn.Module):
                 step_cache: dict | None = None):
         """q: [T, Hq, D], k: [T, Hk, D] -> rotated (new tensors)."""
         cos, sin = self.step_tables(positions, q.dtype, step_cache)
-        if self.partial:
-            r = self.rotary_dim
-            return (torch.cat((_rotate(q[..., :r], cos, sin), q[..., r:]), dim=-1),
-                    torch.cat((_rotate(k[..., :r], cos, sin), k[..., r:]), dim=-1))
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     def rotate_heads(self, positions: torch.Tensor, heads: torch.Tensor,
                      step_cache: dict | None = None) -> torch.Tensor:
         """Rotate every head of [T, H, D] at once (Q and K heads side by side, as the fused
         QKV projection leaves them): half the small ops of rotating Q and K apart."""
-        cos, sin = self.step_tables(positions, heads.dtype, step_cache)
-        if self.partial:
-            r = self.rotary_dim
-            return torch.cat((_rotate(heads[..., :r], cos, sin), heads[..., r:]), dim=-1)
-        return _rotate(heads, cos, sin)
+        return self._rotate(heads, *self.step_tables(positions, heads.dtype, step_cache))
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [T, H, D]; with partial rotary only the first rotary_dim of each head turn."""
+        if not self.partial:
+            return _rotate(x, cos, sin)
+        r = self.rotary_dim
+        return torch.cat((_rotate(x[..., :r], cos, sin), x[..., r:]), dim=-1)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
