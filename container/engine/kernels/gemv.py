@@ -23,10 +23,9 @@ CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < N
+def _row_dots(x_ptr, w_ptr, rows, row_ok, K, stride_w, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """W[rows] . x in float32: the rows stream their full width."""
     # The weights never depend on the kernel before: the first tile streams in while that
     # kernel finishes (programmatic dependent launch); x is read only after it has.
     cols = tl.arange(0, BLOCK_K)
@@ -43,7 +42,42 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         x = tl.load(x_ptr + cols, mask=col_ok, other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    tl.store(out_ptr + rows, tl.sum(acc, 1).to(out_ptr.dtype.element_ty), mask=row_ok)
+    return tl.sum(acc, 1)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    y = _row_dots(x_ptr, w_ptr, rows, row_ok, K, stride_w, BLOCK_N, BLOCK_K, PDL)
+    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_ok)
+
+
+@triton.jit
+def _gemv_lora_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w, h_ptr, b_ptr, slot_ptr, R,
+                      end0, end1, PARTS, stride_hs, stride_bl, stride_br,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+    """_gemv_kernel plus the token's LoRA in the epilogue: y += B[slot] h_piece, h the
+    shrink's partial sums (kernels/lora.py). A block of rows lies inside one piece (the
+    caller checks that the pieces' ends are multiples of every BLOCK_N), so the piece's ranks
+    are summed once per program, in the shrink's fixed order."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    y = _row_dots(x_ptr, w_ptr, rows, row_ok, K, stride_w, BLOCK_N, BLOCK_K, PDL)
+    slot = tl.load(slot_ptr)
+    if slot >= 0:
+        first = tl.program_id(0) * BLOCK_N
+        piece = (first >= end0).to(tl.int32) + (first >= end1).to(tl.int32)
+        ranks = tl.arange(0, BLOCK_R)
+        parts = tl.arange(0, BLOCK_S)       # all partial sums in one load: one L2 round trip
+        h = tl.sum(tl.load(h_ptr + parts[:, None] * stride_hs + piece * R + ranks[None, :],
+                           mask=(parts[:, None] < PARTS) & (ranks[None, :] < R), other=0.0), 0)
+        b = tl.load(b_ptr + slot * stride_bl + ranks[None, :] * stride_br + rows[:, None],
+                    mask=row_ok[:, None] & (ranks[None, :] < R), other=0.0)
+        y += tl.sum(b.to(tl.float32) * h[None, :], axis=1)
+    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 @triton.jit
@@ -78,16 +112,19 @@ FP8_CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stag
                                   (16, 1024, 8, 3), (16, 512, 4, 4), (32, 512, 8, 3))]
 
 _gemv_tuned = triton.autotune(configs=CONFIGS, key=["N", "K"])(_gemv_kernel)
+_gemv_lora_tuned = triton.autotune(configs=CONFIGS, key=["N", "K"])(_gemv_lora_kernel)
 _gemv_fp8_tuned = triton.autotune(configs=FP8_CONFIGS, key=["N", "K"])(_gemv_fp8_kernel)
 FIXED = {"BLOCK_N": 8, "BLOCK_K": 512}          # Triton's interpreter (CPU tests): no timing
+# what a LoRA epilogue's pieces must align to: every BLOCK_N a launch may pick
+LORA_PIECE_ALIGN = max([c.kwargs["BLOCK_N"] for c in CONFIGS] + [FIXED["BLOCK_N"]])
 
 
-def _launch(kernel, tuned, args, n: int, device) -> None:
+def _launch(kernel, tuned, args, n: int, device, **constants) -> None:
     if device.type == "cuda":
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)
-        tuned[grid](*args, **pdl_launch(device, 1))
+        tuned[grid](*args, **constants, **pdl_launch(device, 1))
     else:
-        kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **FIXED, PDL=False)
+        kernel[(triton.cdiv(n, FIXED["BLOCK_N"]),)](*args, **constants, **FIXED, PDL=False)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -97,6 +134,24 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _launch(_gemv_kernel, _gemv_tuned, (x, weight, out, n, k, weight.stride(0)), n, x.device)
     return out
 
+
+def gemv_lora(x: torch.Tensor, weight: torch.Tensor, h: torch.Tensor, b: torch.Tensor,
+              slot: torch.Tensor, piece_ends: list[int]) -> torch.Tensor:
+    """gemv(x, weight) + B[slot] h for the one token, in one launch.
+
+    h: lora_shrink's partial sums [S, 1, P*R]; b [L, R, N]; slot: [1] int64 (-1: no adapter);
+    piece_ends: where pieces 0 and 1 end along N (N where there are fewer pieces), each a
+    multiple of LORA_PIECE_ALIGN."""
+    n, k = weight.shape
+    rank = b.shape[1]
+    assert b.stride(2) == 1 and h.stride(2) == 1
+    out = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    _launch(_gemv_lora_kernel, _gemv_lora_tuned,
+            (x, weight, out, n, k, weight.stride(0), h, b, slot, rank, piece_ends[0],
+             piece_ends[1], h.shape[0], h.stride(0), b.stride(0), b.stride(1)), n, x.device,
+            BLOCK_R=max(triton.next_power_of_2(rank), 16),
+            BLOCK_S=triton.next_power_of_2(h.shape[0]))
+    return out
 
 
 def gemv_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

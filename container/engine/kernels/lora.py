@@ -17,6 +17,10 @@ holds one of them):
   slot, h = x @ A^T for all slots, masked by each row's one-hot slot, then y += h @ B. A slot
   is read once per step instead of once per row, on tensor cores: at 500 rows of an 8B model
   over 8 adapters the per-row kernels cost more than the base model's own step.
+- one row whose base product is our Triton GEMV (batch-1 decode): the shrink, then the GEMV
+  with the expand as its epilogue (kernels/gemv.py), one launch fewer per layer. At batch 1
+  the LoRA kernels cost launches, not bytes (an 8B model's rank-16 adapter is 84 MB, ~28 us
+  of reading a step), so the launch saved is the step time won.
 The slot vector and the one-hot mask are ordinary device tensors, so a step needs no grouping
 on the host and no sync, and the decode graphs capture either path (cuda_graphs.py fills both
 buffers before each replay).
@@ -62,7 +66,7 @@ def _shrink_kernel(x_ptr, a_ptr, slots_ptr, h_ptr, K, R, PR, stride_x, stride_ap
 @triton.jit
 def _expand_kernel(h_ptr, b_ptr, slots_ptr, y_ptr, N, R, offset, end0, end1, PARTS,
                    stride_hs, stride_h, stride_bl, stride_br, stride_y, BLOCK_R: tl.constexpr,
-                   BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     pdl_prologue(PDL)
     row = tl.program_id(0)
     block = tl.program_id(1)
@@ -71,10 +75,10 @@ def _expand_kernel(h_ptr, b_ptr, slots_ptr, y_ptr, N, R, offset, end0, end1, PAR
         first = block * BLOCK_N
         piece = (first >= end0).to(tl.int32) + (first >= end1).to(tl.int32)
         ranks = tl.arange(0, BLOCK_R)
-        where_h = h_ptr + row * stride_h + piece * R + ranks
-        h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for part in range(0, PARTS):
-            h += tl.load(where_h + part * stride_hs, mask=ranks < R, other=0.0)
+        parts = tl.arange(0, BLOCK_S)       # all partial sums in one load, summed in order
+        h = tl.sum(tl.load(h_ptr + row * stride_h + piece * R + parts[:, None] * stride_hs
+                           + ranks[None, :],
+                           mask=(parts[:, None] < PARTS) & (ranks[None, :] < R), other=0.0), 0)
         outs = first + tl.arange(0, BLOCK_N)
         b = tl.load(b_ptr + slot * stride_bl + ranks[None, :] * stride_br + outs[:, None],
                     mask=(outs[:, None] < N) & (ranks[None, :] < R), other=0.0)
@@ -119,10 +123,9 @@ def lora_expand(h: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, y: torch.
         h = h.unsqueeze(0)
     tokens, rank, n = h.shape[1], b.shape[1], b.shape[2]
     piece_rows = piece_rows or [n]
-    if len(piece_rows) > 3 or sum(piece_rows) != n:
-        raise ValueError(f"lora_expand: pieces {piece_rows} must be 1 to 3 and sum to {n}")
-    ends = list(itertools.accumulate(piece_rows))[:-1]
-    ends += [n] * (2 - len(ends))
+    if sum(piece_rows) != n:
+        raise ValueError(f"lora_expand: pieces {piece_rows} must sum to {n}")
+    ends = piece_ends(piece_rows)
     # output blocks must not straddle pieces: the largest power of two dividing every end
     block_n = 64
     for end in ends:
@@ -134,8 +137,36 @@ def lora_expand(h: torch.Tensor, b: torch.Tensor, slots: torch.Tensor, y: torch.
             h, b, slots, y, n, rank, offset, ends[0], ends[1], h.shape[0], h.stride(0),
             h.stride(1), b.stride(0), b.stride(1), y.stride(0),
             BLOCK_R=max(triton.next_power_of_2(rank), 16), BLOCK_N=block_n,
-            **pdl_launch(y.device, tokens))
+            BLOCK_S=triton.next_power_of_2(h.shape[0]), **pdl_launch(y.device, tokens))
     return y
+
+
+def piece_ends(piece_rows: list[int]) -> list[int]:
+    """Where pieces 0 and 1 end along the output (the output's width where there are fewer)."""
+    if not 1 <= len(piece_rows) <= 3:
+        raise ValueError(f"LoRA kernels: {len(piece_rows)} pieces, 1 to 3 are supported")
+    ends = list(itertools.accumulate(piece_rows))[:-1]
+    return ends + [sum(piece_rows)] * (2 - len(ends))
+
+
+def gemv_lora_fits(piece_rows: list[int]) -> bool:
+    """Whether the GEMV's LoRA epilogue can serve these pieces: no block of rows may straddle
+    two of them."""
+    from .gemv import LORA_PIECE_ALIGN
+
+    return len(piece_rows) <= 3 and all(end % LORA_PIECE_ALIGN == 0
+                                        for end in piece_ends(piece_rows))
+
+
+def lora_gemv(x: torch.Tensor, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              slots: torch.Tensor, piece_rows: list[int]) -> torch.Tensor:
+    """One token: x @ weight^T + B[slot] (A[slot] x), the expand inside the GEMV's epilogue
+    (pieces as gemv_lora_fits allows)."""
+    from .gemv import gemv_lora
+
+    x = x.contiguous()
+    h = lora_shrink(x, a, slots)
+    return gemv_lora(x, weight, h, b, slots, piece_ends(piece_rows))
 
 
 def lora_dense(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..kernels import gpu_kernels
-from .linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
-                     RowParallelLinear, linear)
+from .linear import (ColumnParallelLinear, LinearBase, MergedColumnParallelLinear,
+                     QKVParallelLinear, RowParallelLinear)
 
 BASE = -1      # the slot index of rows that use no adapter
 
@@ -118,6 +118,14 @@ def pieces_of(base: nn.Module, names: list[str]) -> list[Piece]:
     raise TypeError(f"LoRA does not wrap {type(base).__name__}")
 
 
+def _gemv_fits(piece_rows: list[int]) -> bool:
+    try:
+        from ..kernels.lora import gemv_lora_fits
+    except ImportError:                 # no Triton: the PyTorch path only
+        return False
+    return gemv_lora_fits(piece_rows)
+
+
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Module, names: list[str], context: LoRAContext,
                  max_loras: int, max_rank: int, dtype: torch.dtype):
@@ -145,6 +153,9 @@ class LoRALinear(nn.Module):
         self.piece_rows = [p.out_count for p in self.pieces]
         # which pieces each slot fills: a slot that does not target this layer costs nothing
         self.filled: list[set[int]] = [set() for _ in range(max_loras)]
+        # one token on a GPU: the base GEMV can add the LoRA itself (kernels/lora.py), when
+        # the base product is the plain one (not FP8's) and the pieces align to its blocks
+        self.gemv_epilogue = type(base).matmul is LinearBase.matmul and _gemv_fits(self.piece_rows)
 
     # loading ----------------------------------------------------------------------------------
     def piece_index(self, name: str) -> int | None:
@@ -212,17 +223,24 @@ class LoRALinear(nn.Module):
     def can_defer_reduce(self) -> bool:
         return self.base.can_defer_reduce
 
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer's product without bias or reduction, this step's LoRA added."""
+        if not self.context.active:
+            return self.base.matmul(x)
+        if self.gemv_epilogue and x.shape[0] == 1 and gpu_kernels(x) is not None:
+            from ..kernels.lora import lora_gemv
+
+            return lora_gemv(x, self.base.weight, self.a_all, self.b_all,
+                             self.context.token_slots, self.piece_rows)
+        return self._add_lora(x, self.base.matmul(x))
+
     def forward(self, x, reduce: bool = True):
-        if not self.row_parallel:
-            out = self.base(x)
-            return self._add_lora(x, out) if self.context.active else out
         base = self.base
-        out = linear(x, base.weight)
-        if self.context.active:
-            out = self._add_lora(x, out)
-        if not reduce and base.can_defer_reduce:
-            return out
-        out = base.tp.all_reduce(out)
+        out = self._product(x)
+        if self.row_parallel:
+            if not reduce and base.can_defer_reduce:
+                return out
+            out = base.tp.all_reduce(out)
         return out if base.bias is None else out + base.bias
 
     def __getattr__(self, name):
