@@ -138,14 +138,15 @@ def gpu_path_launches() -> list:
     for module, name in ((fused, "_rms_norm_kernel"), (fused, "_rope_cache_kernel"),
                          (fused, "_silu_mul_kernel"), (fused, "_argmax_part_kernel"),
                          (fused, "_argmax_final_kernel"), (gemv, "_gemv_kernel"),
-                         (gemv, "_gemv_fp8_kernel"), (quant, "_per_token_quant_kernel"),
+                         (gemv, "_gemv_lora_kernel"), (gemv, "_gemv_fp8_kernel"), (quant, "_per_token_quant_kernel"),
                          (paged_attention, "_prefill_kernel"),
                          (paged_attention, "_decode_split_kernel"),
                          (paged_attention, "_decode_merge_kernel"),
                          (step_inputs, "_unpack_decode_kernel"),
                          (allreduce_norm, "_allreduce_add_norm_kernel"),
                          (moe, "_moe_gate_up_kernel"), (moe, "_moe_down_kernel"),
-                         (moe, "_pair_gate_up_kernel"), (moe, "_pair_down_kernel")):
+                         (moe, "_pair_gate_up_kernel"), (moe, "_pair_down_kernel"),
+                         (moe, "_route_kernel")):
         record(module, name, launches)
     bf16 = torch.bfloat16
     hidden, q_heads, kv_heads, dim, page, blocks = 4096, 32, 8, 128, 16, 64
@@ -159,9 +160,16 @@ def gpu_path_launches() -> list:
     cos = torch.empty(4096, dim // 2, dtype=torch.float32)
     fused.rope_and_cache(q, k, k.clone(), torch.zeros(4, dtype=torch.int64), cos, cos, kv_cache,
                          torch.zeros(4, dtype=torch.int64))
+    head_norm = torch.empty(dim, dtype=bf16)              # Qwen3's q/k norms, in the same launch
+    fused.rope_and_cache(q, k, k.clone(), torch.zeros(4, dtype=torch.int64), cos, cos, kv_cache,
+                         torch.zeros(4, dtype=torch.int64), (head_norm, head_norm, 1e-6))
     fused.silu_and_mul(torch.empty(4, 2 * 14336, dtype=bf16))
     fused.argmax_rows(torch.empty(4, 128256, dtype=bf16), torch.empty(4, dtype=torch.int64))
     gemv.gemv(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=bf16))
+    # LoRA at batch 1: the expand in the GEMV's epilogue (h: 16 K-slices of a rank-16 shrink)
+    gemv.gemv_lora(torch.empty(1, hidden, dtype=bf16), torch.empty(1024, hidden, dtype=bf16),
+                   torch.empty(16, 1, 16, dtype=torch.float32), torch.empty(8, 16, 1024, dtype=bf16),
+                   torch.zeros(1, dtype=torch.int64), [1024, 1024])
     # FP8 (option.quantize=fp8, option.kv_cache_dtype=fp8): the weight GEMV, the cache write
     # and both attention kernels reading an FP8 cache
     fp8 = torch.float8_e4m3fn
@@ -204,6 +212,8 @@ def gpu_path_launches() -> list:
                         torch.empty(128, 2 * 768, 2048, dtype=bf16),
                         torch.empty(128, 2048, 768, dtype=bf16),
                         torch.rand(1, 8), torch.randint(0, 128, (1, 8)))
+    moe.route_top_k(torch.empty(1, 128, dtype=bf16), 8, True)      # its router, then Mixtral's
+    moe.route_top_k(torch.empty(16, 8, dtype=bf16), 2, True)
     step_inputs.unpack_decode_plan(torch.zeros(4096, dtype=torch.int64),
                                    torch.zeros(4, dtype=torch.int64),
                                    *(torch.zeros(4, dtype=torch.int64) for _ in range(3)),

@@ -13,7 +13,8 @@ if not triton_interpreter.enable():
     pytest.fail("triton is not installed: the kernel tests need it (pip install triton)")
 
 from container.engine.kernels import moe  # noqa: E402
-from container.engine.kernels.moe import grouped_experts, sort_by_expert  # noqa: E402
+from container.engine.kernels.moe import (grouped_experts, route_top_k,  # noqa: E402
+                                          sort_by_expert)
 from container.engine.kernels.paged_attention import paged_decode, paged_prefill  # noqa: E402
 from container.engine.kernels.workspace import DecodeWorkspace  # noqa: E402
 from container.engine.layers.attention import TorchPagedAttention, write_kv  # noqa: E402
@@ -63,6 +64,19 @@ def test_grouped_expert_gemm_matches_the_reference(tokens, experts, top_k, hidde
     out = grouped_experts(x, w13, w2, weights, chosen)
     torch.testing.assert_close(out, experts_reference(x, w13, w2, weights, chosen),
                                atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("experts, top_k, renormalize", [(8, 2, True), (128, 8, False),
+                                                          (60, 4, True)])
+def test_routing_kernel_matches_the_torch_routing(experts, top_k, renormalize, monkeypatch):
+    """Softmax, top k and the rescaling in one launch (batch-1 decode: one kernel, not five)."""
+    monkeypatch.delenv("SERVE_KERNELS_ON_CPU", raising=False)     # route(): the torch path
+    torch.manual_seed(experts)
+    logits = torch.randn(5, experts) * 3
+    want_weights, want_experts = route(logits, top_k, renormalize)
+    weights, chosen = route_top_k(logits, top_k, renormalize)
+    assert torch.equal(chosen, want_experts)
+    torch.testing.assert_close(weights, want_weights, atol=1e-6, rtol=1e-5)
 
 
 def test_sort_by_expert_pads_each_expert_to_whole_blocks():

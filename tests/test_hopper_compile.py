@@ -14,11 +14,11 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 KERNELS = {"_rms_norm_kernel", "_rope_cache_kernel", "_silu_mul_kernel", "_argmax_part_kernel",
-           "_argmax_final_kernel", "_gemv_kernel", "_gemv_fp8_kernel",
+           "_argmax_final_kernel", "_gemv_kernel", "_gemv_lora_kernel", "_gemv_fp8_kernel",
            "_per_token_quant_kernel", "_prefill_kernel", "_decode_split_kernel",
            "_decode_merge_kernel", "_unpack_decode_kernel", "_allreduce_add_norm_kernel",
            "_moe_gate_up_kernel", "_moe_down_kernel", "_pair_gate_up_kernel",
-           "_pair_down_kernel"}
+           "_pair_down_kernel", "_route_kernel"}
 
 
 def _hopper_compile(*args: str) -> subprocess.CompletedProcess:

@@ -18,6 +18,7 @@ from container.engine.kernels.paged_attention import paged_decode, paged_prefill
 from container.engine.kernels.workspace import DecodeWorkspace  # noqa: E402
 from container.engine.layers.attention import (AttentionMetadata, TorchPagedAttention,  # noqa: E402
                                                write_kv)
+from container.engine.layers.norm import RMSNorm  # noqa: E402
 from container.engine.layers.rotary import RotaryEmbedding  # noqa: E402
 
 
@@ -123,6 +124,27 @@ def test_fused_rope_and_cache_write_match_pytorch():
     q_ref, k_ref = rotary(positions, q, k)
     write_kv(expected_cache, k_ref, v, slots)
     fused.rope_and_cache(q, k, v, positions, rotary.cos, rotary.sin, cache, slots)
+    assert torch.allclose(q, q_ref, atol=1e-5)
+    assert torch.allclose(cache, expected_cache, atol=1e-5)
+
+
+def test_fused_rope_and_cache_with_qk_norms_match_pytorch():
+    """Qwen3 / Gemma 3: each head RMS-normalised, then rotated and cached, in one launch."""
+    rotary = RotaryEmbedding(64, 128, 10000.0, None)
+    tokens, q_heads, kv_heads, page = 5, 4, 2, 8
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(tokens, h, 64) * 3 for h in (q_heads, kv_heads, kv_heads))
+    q_norm, k_norm = RMSNorm(64, 1e-6), RMSNorm(64, 1e-6)
+    q_norm.weight.data.uniform_(0.5, 1.5)
+    k_norm.weight.data.uniform_(0.5, 1.5)
+    positions, slots = torch.tensor([0, 3, 9, 60, 127]), torch.tensor([3, 4, 17, 30, 9])
+    cache, expected_cache = torch.zeros(2, 5, page, kv_heads, 64), torch.zeros(2, 5, page,
+                                                                              kv_heads, 64)
+    q_ref, k_ref = rotary(positions, q_norm(q.reshape(-1, 64)).view_as(q),
+                          k_norm(k.reshape(-1, 64)).view_as(k))
+    write_kv(expected_cache, k_ref, v, slots)
+    fused.rope_and_cache(q, k, v, positions, rotary.cos, rotary.sin, cache, slots,
+                         (q_norm.weight, k_norm.weight, 1e-6))
     assert torch.allclose(q, q_ref, atol=1e-5)
     assert torch.allclose(cache, expected_cache, atol=1e-5)
 

@@ -75,12 +75,24 @@ def _cache_value(x, FP8_CACHE: tl.constexpr):
 
 
 @triton.jit
+def _head_norm(x1, x2, weight_ptr, i, i_ok, eps, HALF: tl.constexpr):
+    """RMSNorm of each head (a row of x1 | x2, its two rotary halves), rounded as
+    store_residual_and_norm rounds: normalised in float32, cast, then scaled."""
+    a, b = x1.to(tl.float32), x2.to(tl.float32)
+    scale = tl.rsqrt((tl.sum(a * a, 1) + tl.sum(b * b, 1)) / (2 * HALF) + eps)[:, None]
+    w1 = tl.load(weight_ptr + i, mask=i_ok, other=0.0)[None, :]
+    w2 = tl.load(weight_ptr + HALF + i, mask=i_ok, other=0.0)[None, :]
+    return (a * scale).to(x1.dtype) * w1, (b * scale).to(x2.dtype) * w2
+
+
+@triton.jit
 def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_cache_ptr,
-                       v_cache_ptr, slots_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
-                       stride_vt, stride_vh, stride_cos, stride_cb, stride_cs, stride_ch,
-                       Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr,
-                       HEADS_PAD: tl.constexpr, HALF_PAD: tl.constexpr, PAGE: tl.constexpr,
-                       PDL: tl.constexpr, FP8_CACHE: tl.constexpr = False):
+                       v_cache_ptr, slots_ptr, q_norm_ptr, k_norm_ptr, eps, stride_qt,
+                       stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cos,
+                       stride_cb, stride_cs, stride_ch, Q_HEADS: tl.constexpr,
+                       KV_HEADS: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr,
+                       HALF_PAD: tl.constexpr, PAGE: tl.constexpr, PDL: tl.constexpr,
+                       QK_NORM: tl.constexpr, FP8_CACHE: tl.constexpr = False):
     pdl_prologue(PDL)
     token = tl.program_id(0)
     position = tl.load(positions_ptr + token)
@@ -94,6 +106,8 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
     q_base = q_ptr + token * stride_qt + heads[:, None] * stride_qh + i[None, :]
     q1 = tl.load(q_base, mask=q_ok, other=0.0)
     q2 = tl.load(q_base + HALF, mask=q_ok, other=0.0)
+    if QK_NORM:
+        q1, q2 = _head_norm(q1, q2, q_norm_ptr, i, i_ok, eps, HALF)
     c, s = cos.to(q1.dtype)[None, :], sin.to(q1.dtype)[None, :]
     tl.store(q_base, q1 * c - q2 * s, mask=q_ok)
     tl.store(q_base + HALF, q2 * c + q1 * s, mask=q_ok)
@@ -102,6 +116,8 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
     k_base = k_ptr + token * stride_kt + heads[:, None] * stride_kh + i[None, :]
     k1 = tl.load(k_base, mask=k_ok, other=0.0)
     k2 = tl.load(k_base + HALF, mask=k_ok, other=0.0)
+    if QK_NORM:
+        k1, k2 = _head_norm(k1, k2, k_norm_ptr, i, i_ok, eps, HALF)
     v_base = v_ptr + token * stride_vt + heads[:, None] * stride_vh + i[None, :]
     v1 = tl.load(v_base, mask=k_ok, other=0.0)
     v2 = tl.load(v_base + HALF, mask=k_ok, other=0.0)
@@ -116,19 +132,22 @@ def _rope_cache_kernel(q_ptr, k_ptr, v_ptr, positions_ptr, cos_ptr, sin_ptr, k_c
 
 def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                    cos: torch.Tensor, sin: torch.Tensor, kv_cache: torch.Tensor,
-                   slots: torch.Tensor) -> None:
-    """q [T, Hq, D] rotated in place; rotated k and v stored at their slots in kv_cache."""
+                   slots: torch.Tensor, qk_norms: tuple | None = None) -> None:
+    """q [T, Hq, D] rotated in place; rotated k and v stored at their slots in kv_cache.
+    qk_norms: (q weight [D], k weight [D], eps): each head RMS-normalised before it is
+    rotated (Qwen3, Gemma 3), in the same launch."""
     tokens, q_heads, dim = q.shape
     kv_heads = k.shape[1]
     k_cache, v_cache = kv_cache[0], kv_cache[1]
+    q_norm, k_norm, eps = qk_norms or (q, k, 0.0)
     _rope_cache_kernel[(tokens,)](
-        q, k, v, positions, cos, sin, k_cache, v_cache, slots,
+        q, k, v, positions, cos, sin, k_cache, v_cache, slots, q_norm, k_norm, eps,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HALF=dim // 2,
         HEADS_PAD=triton.next_power_of_2(max(q_heads, kv_heads)),
         HALF_PAD=triton.next_power_of_2(dim // 2), PAGE=k_cache.shape[1], num_warps=4,
-        FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn, **pdl_launch(q.device, tokens))
+        QK_NORM=qk_norms is not None, FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn, **pdl_launch(q.device, tokens))
 
 
 @triton.jit

@@ -14,6 +14,52 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_launch, pdl_prologue
+
+
+@triton.jit
+def _route_kernel(logits_ptr, weights_ptr, experts_ptr, stride_l, E: tl.constexpr,
+                  TOP_K: tl.constexpr, BLOCK_E: tl.constexpr, RENORMALIZE: tl.constexpr,
+                  PDL: tl.constexpr):
+    """One token's routing: softmax over the experts in float32, the top k by repeated
+    argmax (the first of equal scores wins), optionally rescaled to sum to one."""
+    pdl_prologue(PDL)
+    token = tl.program_id(0)
+    ids = tl.arange(0, BLOCK_E)
+    scores = tl.load(logits_ptr + token * stride_l + ids, mask=ids < E,
+                     other=-float("inf")).to(tl.float32)
+    probs = tl.exp(scores - tl.max(scores, 0))
+    probs = probs / tl.sum(probs, 0)
+    slots = tl.arange(0, TOP_K)
+    chosen = tl.zeros((TOP_K,), dtype=tl.int64)
+    picked = tl.zeros((TOP_K,), dtype=tl.float32)
+    left = tl.where(ids < E, probs, -1.0)
+    for j in range(TOP_K):
+        best = tl.argmax(left, 0)
+        chosen = tl.where(slots == j, best.to(tl.int64), chosen)
+        picked = tl.where(slots == j, tl.max(left, 0), picked)
+        left = tl.where(ids == best, -1.0, left)
+    if RENORMALIZE:
+        picked = picked / tl.sum(picked, 0)
+    tl.store(weights_ptr + token * TOP_K + slots, picked)
+    tl.store(experts_ptr + token * TOP_K + slots, chosen)
+
+
+def route_top_k(router_logits: torch.Tensor, top_k: int,
+                renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """layers/moe.route in one launch: (weights [T, k] float32, expert ids [T, k] int64).
+    top_k must be a power of two (Triton's ranges); the caller falls back otherwise."""
+    tokens, num_experts = router_logits.shape
+    weights = torch.empty(tokens, top_k, dtype=torch.float32, device=router_logits.device)
+    experts = torch.empty(tokens, top_k, dtype=torch.int64, device=router_logits.device)
+    if tokens:
+        _route_kernel[(tokens,)](router_logits, weights, experts, router_logits.stride(0),
+                                 E=num_experts, TOP_K=top_k,
+                                 BLOCK_E=triton.next_power_of_2(num_experts),
+                                 RENORMALIZE=renormalize,
+                                 **pdl_launch(router_logits.device, tokens))
+    return weights, experts
+
 
 @triton.jit
 def _moe_gate_up_kernel(x_ptr, w_ptr, out_ptr, rows_ptr, block_expert_ptr,

@@ -74,16 +74,18 @@ class PagedSelfAttention(nn.Module):
         q = q.reshape(tokens, self.num_heads, self.head_dim)
         k = k.reshape(tokens, self.num_kv_heads, self.head_dim)
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
+        qk_norm = hasattr(self, "q_norm")
+        if fused and not self.rotary.partial:     # norms, rotation and cache write in one launch
+            norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if qk_norm else None
+            fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
+                                 meta.slot_mapping, norms)
+            return self.triton_backend(q, kv_cache, meta)
+        if qk_norm:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, self.head_dim)).view_as(k)
-        if fused and self.rotary.partial:    # the fused kernel rotates whole heads only
+        if fused:                                 # the fused kernel rotates whole heads only
             q, k = self.rotary(positions, q, k)
             write_kv(kv_cache, k, v, meta.slot_mapping)
-            return self.triton_backend(q, kv_cache, meta)
-        if fused:
-            fused.rope_and_cache(q, k, v, positions, self.rotary.cos, self.rotary.sin, kv_cache,
-                                 meta.slot_mapping)
             return self.triton_backend(q, kv_cache, meta)
         q, k = self.rotary(positions, q, k, meta.step_cache)
         return self.torch_backend(q, k, v, kv_cache, meta)

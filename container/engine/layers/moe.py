@@ -26,6 +26,10 @@ from .partition import partition
 def route(router_logits: torch.Tensor, top_k: int, renormalize: bool):
     """(weights [T, k] float32, expert ids [T, k]): softmax over all experts, the top k,
     rescaled to sum to one when the model says so (Mixtral always; Qwen3-MoE: norm_topk_prob)."""
+    if gpu_kernels(router_logits) is not None and top_k & (top_k - 1) == 0:
+        from ..kernels.moe import route_top_k
+
+        return route_top_k(router_logits, top_k, renormalize)       # one launch, not five
     probs = torch.softmax(router_logits.float(), dim=-1)
     weights, experts = torch.topk(probs, top_k, dim=-1)
     if renormalize:
