@@ -147,7 +147,8 @@ def rope_and_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HALF=dim // 2,
         HEADS_PAD=triton.next_power_of_2(max(q_heads, kv_heads)),
         HALF_PAD=triton.next_power_of_2(dim // 2), PAGE=k_cache.shape[1], num_warps=4,
-        QK_NORM=qk_norms is not None, FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn, **pdl_launch(q.device, tokens))
+        QK_NORM=qk_norms is not None, FP8_CACHE=kv_cache.dtype == torch.float8_e4m3fn,
+        **pdl_launch(q.device, tokens))
 
 
 @triton.jit

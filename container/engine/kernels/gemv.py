@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .lora import lora_delta
 from .pdl import pdl_launch, pdl_prologue
 
 CONFIGS = [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
@@ -68,15 +69,8 @@ def _gemv_lora_kernel(x_ptr, w_ptr, out_ptr, N, K, stride_w, h_ptr, b_ptr, slot_
     y = _row_dots(x_ptr, w_ptr, rows, row_ok, K, stride_w, BLOCK_N, BLOCK_K, PDL)
     slot = tl.load(slot_ptr)
     if slot >= 0:
-        first = tl.program_id(0) * BLOCK_N
-        piece = (first >= end0).to(tl.int32) + (first >= end1).to(tl.int32)
-        ranks = tl.arange(0, BLOCK_R)
-        parts = tl.arange(0, BLOCK_S)       # all partial sums in one load: one L2 round trip
-        h = tl.sum(tl.load(h_ptr + parts[:, None] * stride_hs + piece * R + ranks[None, :],
-                           mask=(parts[:, None] < PARTS) & (ranks[None, :] < R), other=0.0), 0)
-        b = tl.load(b_ptr + slot * stride_bl + ranks[None, :] * stride_br + rows[:, None],
-                    mask=row_ok[:, None] & (ranks[None, :] < R), other=0.0)
-        y += tl.sum(b.to(tl.float32) * h[None, :], axis=1)
+        y += lora_delta(h_ptr, b_ptr, slot, tl.program_id(0) * BLOCK_N, rows, row_ok, end0,
+                        end1, R, PARTS, stride_hs, stride_bl, stride_br, BLOCK_R, BLOCK_S)
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 

@@ -64,6 +64,23 @@ def _shrink_kernel(x_ptr, a_ptr, slots_ptr, h_ptr, K, R, PR, stride_x, stride_ap
 
 
 @triton.jit
+def lora_delta(h_row_ptr, b_ptr, slot, first, outs, out_ok, end0, end1, R, PARTS, stride_hs,
+               stride_bl, stride_br, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """B[slot][:, outs] . h_piece in float32 for one row: the piece is the one holding output
+    `first` (blocks never straddle pieces), its ranks summed over the shrink's S partial sums
+    in one load (one L2 round trip), in a fixed order. Shared by expand and the GEMV's
+    LoRA epilogue (kernels/gemv.py)."""
+    piece = (first >= end0).to(tl.int32) + (first >= end1).to(tl.int32)
+    ranks = tl.arange(0, BLOCK_R)
+    parts = tl.arange(0, BLOCK_S)
+    h = tl.sum(tl.load(h_row_ptr + parts[:, None] * stride_hs + piece * R + ranks[None, :],
+                       mask=(parts[:, None] < PARTS) & (ranks[None, :] < R), other=0.0), 0)
+    b = tl.load(b_ptr + slot * stride_bl + ranks[None, :] * stride_br + outs[:, None],
+                mask=out_ok[:, None] & (ranks[None, :] < R), other=0.0)
+    return tl.sum(b.to(tl.float32) * h[None, :], axis=1)
+
+
+@triton.jit
 def _expand_kernel(h_ptr, b_ptr, slots_ptr, y_ptr, N, R, offset, end0, end1, PARTS,
                    stride_hs, stride_h, stride_bl, stride_br, stride_y, BLOCK_R: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr):
@@ -73,16 +90,9 @@ def _expand_kernel(h_ptr, b_ptr, slots_ptr, y_ptr, N, R, offset, end0, end1, PAR
     slot = tl.load(slots_ptr + row)
     if slot >= 0:
         first = block * BLOCK_N
-        piece = (first >= end0).to(tl.int32) + (first >= end1).to(tl.int32)
-        ranks = tl.arange(0, BLOCK_R)
-        parts = tl.arange(0, BLOCK_S)       # all partial sums in one load, summed in order
-        h = tl.sum(tl.load(h_ptr + row * stride_h + piece * R + parts[:, None] * stride_hs
-                           + ranks[None, :],
-                           mask=(parts[:, None] < PARTS) & (ranks[None, :] < R), other=0.0), 0)
         outs = first + tl.arange(0, BLOCK_N)
-        b = tl.load(b_ptr + slot * stride_bl + ranks[None, :] * stride_br + outs[:, None],
-                    mask=(outs[:, None] < N) & (ranks[None, :] < R), other=0.0)
-        delta = tl.sum(b.to(tl.float32) * h[None, :], axis=1)
+        delta = lora_delta(h_ptr + row * stride_h, b_ptr, slot, first, outs, outs < N, end0,
+                           end1, R, PARTS, stride_hs, stride_bl, stride_br, BLOCK_R, BLOCK_S)
         where = y_ptr + row * stride_y + offset + outs
         y = tl.load(where, mask=outs < N, other=0.0)
         tl.store(where, (y.to(tl.float32) + delta).to(y.dtype), mask=outs < N)
